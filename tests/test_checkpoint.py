@@ -1,0 +1,120 @@
+"""Checkpoints: round trip, the lecture's keys, atomic writes, and every way a file can be wrong."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import (
+    CHECKPOINT_KEYS,
+    DQN,
+    CheckpointError,
+    load_checkpoint,
+    load_state,
+    resume_path,
+    save_checkpoint,
+)
+from conftest import assert_one_line_error, run_script
+
+CPU = torch.device("cpu")
+
+
+def lecture_checkpoint(outputs: int = 7) -> dict:
+    policy_net, target_net = DQN(40, 40, outputs), DQN(40, 40, outputs)
+    optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
+    return {
+        "policy_net_state_dict": policy_net.state_dict(),
+        "target_net_state_dict": target_net.state_dict(),
+        "optimizer_policy_net_state_dict": optimizer.state_dict(),
+    }
+
+
+class RunsCode:
+    """A pickle that would create a file when unpickled, as a malicious checkpoint would."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_round_trip_keeps_the_lectures_keys_and_weights(tmp_path):
+    path = tmp_path / "policy_dqn.pt"
+    saved = lecture_checkpoint()
+    save_checkpoint(path, saved)
+    loaded = load_checkpoint(path, CPU, CHECKPOINT_KEYS)
+    assert set(loaded) == set(CHECKPOINT_KEYS)
+    net = DQN(40, 40, 7)
+    load_state(net, loaded, "policy_net_state_dict", path)
+    for key, value in saved["policy_net_state_dict"].items():
+        assert torch.equal(net.state_dict()[key], value)
+    assert list(tmp_path.iterdir()) == [path], "no temporary file left behind"
+
+
+def test_resume_path_sits_beside_the_checkpoint():
+    assert resume_path(Path("runs/policy_dqn.pt")) == Path("runs/policy_dqn.resume.pt")
+
+
+def test_a_failed_save_leaves_the_previous_file_intact(tmp_path):
+    path = tmp_path / "policy_dqn.pt"
+    save_checkpoint(path, lecture_checkpoint())
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"policy_net_state_dict": DQN(40, 40, 7).state_dict(), "bad": lambda: None})
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path]
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "corrupt", "truncated", "code", "missing key", "not a dict"])
+def test_load_reports_faults_as_one_error_naming_the_file(tmp_path, case):
+    path = tmp_path / "policy_dqn.pt"
+    marker = tmp_path / "code_ran"
+    if case == "directory":
+        path.mkdir()
+    elif case == "corrupt":
+        path.write_bytes(os.urandom(4096))
+    elif case == "truncated":
+        save_checkpoint(path, lecture_checkpoint())
+        path.write_bytes(path.read_bytes()[:20000])
+    elif case == "code":
+        torch.save({"policy_net_state_dict": RunsCode(marker)}, path)
+    elif case == "missing key":
+        torch.save({"policy_net": DQN(40, 40, 7).state_dict()}, path)
+    elif case == "not a dict":
+        torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, CPU, ("policy_net_state_dict",))
+    assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not marker.exists(), "loading must never run pickled code"
+
+
+def test_a_state_dict_of_another_shape_is_refused(tmp_path):
+    path = tmp_path / "policy_dqn.pt"
+    save_checkpoint(path, lecture_checkpoint(outputs=9))
+    checkpoint = load_checkpoint(path, CPU, CHECKPOINT_KEYS)
+    with pytest.raises(CheckpointError, match="size mismatch"):
+        load_state(DQN(40, 40, 7), checkpoint, "policy_net_state_dict", path)
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "code", "missing key", "wrong shape"])
+def test_eval_script_refuses_bad_checkpoints_in_one_line(workdir, case):
+    path = workdir / "policy_dqn.pt"
+    marker = workdir / "code_ran"
+    expected = {"missing": "no such checkpoint", "corrupt": "corrupt", "code": "refused to load",
+                "missing key": "missing key 'policy_net_state_dict'", "wrong shape": "does not fit"}[case]
+    if case == "corrupt":
+        path.write_bytes(b"not a checkpoint at all")
+    elif case == "code":
+        torch.save({"policy_net_state_dict": RunsCode(marker)}, path)
+    elif case == "missing key":
+        torch.save({"model": DQN(40, 40, 7).state_dict()}, path)
+    elif case == "wrong shape":
+        torch.save(lecture_checkpoint(outputs=9), path)
+    result = run_script("eval", "--episodes", "1", cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.pt", expected)
+    assert "Episode:" not in result.stdout
+    assert not marker.exists()

@@ -1,0 +1,115 @@
+"""The real pybullet environment, the lecture's preprocessing and the frame stack."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+
+from common import SCREEN_SIZE, STACK_SIZE, FrameStack, make_env, preprocess_frame, seed_everything
+from conftest import ROOT
+
+LECTURE_PIPELINE = T.Compose([
+    T.ToPILImage(),
+    T.Grayscale(num_output_channels=1),
+    T.Resize(40, interpolation=T.InterpolationMode.BICUBIC),
+    T.ToTensor(),
+])
+
+
+def lecture_preprocess(obs: np.ndarray) -> torch.Tensor:
+    """The lecture's get_screen on an observation: CHW float in [0, 1], then its torchvision pipeline."""
+    screen = np.ascontiguousarray(obs.transpose((2, 0, 1)), dtype=np.float32) / 255
+    return LECTURE_PIPELINE(torch.from_numpy(screen)).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def real_frames() -> list[np.ndarray]:
+    """Observations from two real episodes on training objects under random actions."""
+    seed_everything(0)
+    env = make_env(is_test=False)
+    frames = [env.reset()]
+    rng = np.random.default_rng(0)
+    episodes = 0
+    while episodes < 2:
+        obs, _, done, _ = env.step(int(rng.integers(7)))
+        frames.append(obs)
+        if done:
+            episodes += 1
+            if episodes < 2:
+                frames.append(env.reset())
+    env.close()
+    return frames
+
+
+def test_environment_is_the_lectures(real_frames):
+    assert len(real_frames) >= 4
+    for obs in real_frames:
+        assert obs.shape == (48, 48, 3) and obs.dtype == np.uint8
+    env = make_env(is_test=True)
+    try:
+        assert env.action_space.n == 7
+        assert env._isTest and env._isDiscrete and not env._removeHeightHack and env._maxSteps == 20
+    finally:
+        env.close()
+
+
+def test_preprocess_matches_the_lectures_torchvision_pipeline(real_frames):
+    for obs in real_frames:
+        ours = preprocess_frame(obs)
+        theirs = lecture_preprocess(obs)
+        assert ours.shape == theirs.shape == (1, 1, SCREEN_SIZE, SCREEN_SIZE)
+        assert ours.dtype == torch.float32
+        assert 0.0 <= ours.min() and ours.max() <= 1.0
+        assert (ours - theirs).abs().max() <= 1 / 255 + 1e-6
+    assert preprocess_frame(real_frames[0]).std() > 0.01, "a real frame is not blank"
+
+
+def test_preprocess_rejects_a_non_rgb_array():
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess_frame(np.zeros((48, 48), dtype=np.uint8))
+
+
+def test_frame_stack_starts_from_copies_and_shifts():
+    first, second = torch.zeros(1, 1, 40, 40), torch.ones(1, 1, 40, 40)
+    stack = FrameStack()
+    state = stack.reset(first)
+    assert state.shape == (1, STACK_SIZE, 40, 40)
+    assert torch.equal(state, torch.zeros(1, STACK_SIZE, 40, 40))
+    state = stack.push(second)
+    assert torch.equal(state[0, :-1], torch.zeros(STACK_SIZE - 1, 40, 40))
+    assert torch.equal(state[0, -1], torch.ones(40, 40))
+    for _ in range(STACK_SIZE):
+        state = stack.push(second)
+    assert torch.equal(state, torch.ones(1, STACK_SIZE, 40, 40))
+
+
+def test_seeding_decides_the_scene():
+    env = make_env(is_test=False)
+    try:
+        seed_everything(7)
+        first = env.reset()
+        seed_everything(7)
+        again = env.reset()
+        seed_everything(8)
+        other = env.reset()
+    finally:
+        env.close()
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_environment_opens_and_closes_without_noise():
+    code = (
+        "import common\n"
+        "env = common.make_env(is_test=True)\n"
+        "env.reset(); env.step(0); env.close()\n"
+        "env = common.make_env(is_test=False)\n"
+        "env.reset(); env.close(); del env\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""

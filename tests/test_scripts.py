@@ -1,0 +1,183 @@
+"""End to end: the training and evaluation scripts as a user runs them, on the real environment."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import CHECKPOINT_KEYS, load_checkpoint
+from conftest import ROOT, assert_one_line_error, read_events, run_script
+
+CPU = torch.device("cpu")
+# Short episodes: with 3 actions the gripper never reaches the objects, so an episode costs ~1 s.
+FAST = ("--max-steps", "3", "--batch-size", "4", "--device", "cpu")
+LOGGED_EVERY_EPISODE = ("epsilon", "success_rate_last_100", "episode_length", "steps_per_second", "loss", "mean_q")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A training run of 10 episodes, shared by the tests that read what it left."""
+    folder = tmp_path_factory.mktemp("run")
+    result = run_script("train", "--episodes", "10", "--logdir", "runs/a", *FAST, cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "a normal run prints nothing to stderr"
+    assert "No best model saved yet" in result.stdout and "Elapsed time:" in result.stdout
+    return folder
+
+
+def test_training_logs_the_lectures_scalars_and_more(run_dir):
+    scalars, other_tags = read_events(run_dir / "runs" / "a")
+    for tag in LOGGED_EVERY_EPISODE:
+        assert tag in scalars, tag
+    assert [step for step, _ in scalars["epsilon"]] == list(range(10))
+    assert scalars["epsilon"][0][1] == pytest.approx(0.9)
+    assert scalars["epsilon"][9][1] == pytest.approx(0.9 - 9 / 10**4)
+    # tensorboardX writes the lecture's tag "ten episodes average rewards" with underscores
+    assert [step for step, _ in scalars["ten_episodes_average_rewards"]] == [9]
+    assert all(value == 3 for _, value in scalars["episode_length"])
+    assert all(value > 0 for _, value in scalars["steps_per_second"])
+    assert any("hyperparameters" in tag for tag in other_tags)
+
+
+def test_training_leaves_a_resumable_state(run_dir):
+    state = load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    assert state["episode"] == 10
+    assert state["global_step"] == 30
+    assert len(state["total_rewards"]) == 10
+    assert state["logdir"] == str(Path("runs") / "a")
+    assert not (run_dir / "policy_dqn.pt").exists(), "the best model is saved only after episode 100"
+
+
+def test_resume_continues_the_episode_count_and_saves_the_best_model(run_dir):
+    result = run_script("train", "--resume", "--episodes", "12", *FAST, cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from policy_dqn.resume.pt at episode 10" in result.stdout
+    scalars, _ = read_events(run_dir / "runs" / "a")
+    assert [step for step, _ in scalars["epsilon"]] == list(range(12))
+    assert load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, ())["episode"] == 12
+
+    # Past episode 100 the best model appears, with the lecture's keys; one action per episode keeps it quick.
+    result = run_script("train", "--resume", "--episodes", "102", "--max-steps", "1", "--batch-size", "4",
+                        "--device", "cpu", cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    best = load_checkpoint(run_dir / "policy_dqn.pt", CPU, CHECKPOINT_KEYS)
+    assert best["episode"] == 101
+    assert load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, ())["episode"] == 102
+
+    result = run_script("eval", "--episodes", "2", "--device", "cpu", cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Episode: 1, reward: ") and lines[1].startswith("Episode: 2, reward: ")
+    assert lines[2].startswith("Success rate: ") and "greedy policy on test objects" in lines[2]
+    assert result.stderr == ""
+
+
+def craft_resume_state(run_dir: Path, **changes) -> None:
+    """Edit a real resumable state, to reach the lecture's late-episode conditions in one episode."""
+    path = run_dir / "policy_dqn.resume.pt"
+    state = torch.load(path, weights_only=True)
+    state.update(changes)
+    torch.save(state, path)
+
+
+def test_a_better_mean_prints_the_lectures_line_then_the_solve_condition_stops(run_dir):
+    state = load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, ())
+    if state["episode"] < 102:
+        pytest.skip("needs the state of the resume test")
+    craft_resume_state(run_dir, best_mean_reward=-5.0)
+    result = run_script("train", "--resume", "--episodes", "103", *FAST, cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    mean = 100 * sum(load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, ())["total_rewards"]) / 100
+    assert f"Best mean reward updated -5.0 -> {mean:.1f}, model saved" in result.stdout
+    assert load_checkpoint(run_dir / "policy_dqn.pt", CPU, CHECKPOINT_KEYS)["episode"] == 102
+
+    craft_resume_state(run_dir, episode=200)
+    result = run_script("train", "--resume", "--solve-score", "-1", "--episodes", "1000", *FAST, cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    solved = [line for line in lines if line.startswith("Environment solved in 201 episodes!\tAverage Score: ")]
+    assert solved, result.stdout
+    assert any(line.startswith("Average Score: ") for line in lines)
+    assert any(line.startswith("Elapsed time: ") for line in lines)
+    assert load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, ())["episode"] == 201
+
+
+def test_eval_of_the_random_baseline_on_training_objects(workdir):
+    result = run_script("eval", "--policy", "random", "--objects", "train", "--episodes", "2", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines[:2]] == ["Episode: 1", "Episode: 2"]
+    assert "random policy on train objects" in lines[2]
+    assert result.stderr == ""
+
+
+def test_a_new_run_never_replaces_an_existing_checkpoint(workdir):
+    for name in ("policy_dqn.pt", "policy_dqn.resume.pt"):
+        precious = workdir / name
+        precious.write_bytes(b"the user's weeks of training")
+        result = run_script("train", "--episodes", "1", *FAST, cwd=workdir)
+        assert_one_line_error(result, name, "--resume", "--checkpoint", "--overwrite")
+        assert precious.read_bytes() == b"the user's weeks of training"
+        precious.unlink()
+
+    (workdir / "policy_dqn.resume.pt").write_bytes(b"old")
+    result = run_script("train", "--episodes", "1", "--overwrite", "--logdir", "runs/b", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)["episode"] == 1
+
+
+def test_resume_without_a_saved_state_says_so(workdir):
+    result = run_script("train", "--resume", *FAST, cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.resume.pt", "no such checkpoint file")
+
+
+@pytest.mark.parametrize("script, flags, expected", [
+    ("train", ["--episodes", "0"], "--episodes"),
+    ("train", ["--episodes", "-3"], "--episodes"),
+    ("train", ["--memory", "8"], "--memory"),
+    ("train", ["--gamma", "1.5"], "--gamma"),
+    ("train", ["--resume", "--overwrite"], "--overwrite"),
+    ("eval", ["--episodes", "-1"], "--episodes"),
+    ("eval", ["--objects", "kitchen"], "--objects"),
+])
+def test_bad_flags_give_one_line(workdir, script, flags, expected):
+    assert_one_line_error(run_script(script, *flags, cwd=workdir), expected)
+
+
+def test_a_log_folder_that_cannot_be_written(workdir):
+    (workdir / "blocker").write_text("a file, not a folder")
+    result = run_script("train", "--episodes", "1", "--logdir", "blocker/run", *FAST, cwd=workdir)
+    assert_one_line_error(result, "--logdir", "blocker")
+    assert not (workdir / "policy_dqn.resume.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.parametrize("script", ["train", "eval"])
+def test_cuda_without_a_gpu(workdir, script):
+    assert_one_line_error(run_script(script, "--device", "cuda", cwd=workdir), "--device cuda")
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_everything(workdir):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", "1000", "--logdir", "runs/c", *FAST],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list((workdir / "runs" / "c").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)  # a few episodes into the loop
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "continue with --resume" in stdout
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    assert state["episode"] >= 1
+    scalars, _ = read_events(workdir / "runs" / "c")
+    assert [step for step, _ in scalars["epsilon"]] == list(range(state["episode"])), "TensorBoard was flushed"
