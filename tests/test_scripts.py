@@ -163,16 +163,21 @@ def test_cuda_without_a_gpu(workdir, script):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_everything(workdir):
+    # A shell that starts a job in the background ignores SIGINT for it; a terminal's Ctrl-C does not.
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", "1000", "--logdir", "runs/c", *FAST],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 120
-    while not list((workdir / "runs" / "c").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(4)  # a few episodes into the loop
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((workdir / "runs" / "c").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(4)  # a few episodes into the loop
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
 
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
