@@ -35,6 +35,7 @@ from common import (
     load_checkpoint,
     load_state,
     make_env,
+    networks_state,
     optimize_model,
     positive_float,
     positive_int,
@@ -169,20 +170,6 @@ def train(args) -> int:
         "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
     )
 
-    def save_resumable_state(next_episode: int, elapsed_seconds: float) -> None:
-        save_checkpoint(state_path, {
-            "policy_net_state_dict": policy_net.state_dict(),
-            "target_net_state_dict": target_net.state_dict(),
-            "optimizer_policy_net_state_dict": optimizer.state_dict(),
-            "episode": next_episode,
-            "total_rewards": total_rewards[-100:],
-            "best_mean_reward": best_mean_reward,
-            "ten_rewards": ten_rewards,
-            "global_step": global_step,
-            "logdir": str(logdir),
-            "elapsed_seconds": elapsed_seconds,
-        })
-
     start_time = timeit.default_timer()
     steps_this_run = 0
     completed = start_episode
@@ -227,13 +214,8 @@ def train(args) -> int:
                 writer.add_scalar("mean_q", torch.stack(q_values).mean().item(), i_episode)
 
             if (best_mean_reward is None or best_mean_reward < mean_reward) and i_episode > BEST_MODEL_AFTER_EPISODE:
-                save_checkpoint(checkpoint_path, {
-                    "policy_net_state_dict": policy_net.state_dict(),
-                    "target_net_state_dict": target_net.state_dict(),
-                    "optimizer_policy_net_state_dict": optimizer.state_dict(),
-                    "episode": i_episode,
-                    "mean_reward": mean_reward,
-                })
+                save_checkpoint(checkpoint_path, {**networks_state(policy_net, target_net, optimizer),
+                                                  "episode": i_episode, "mean_reward": mean_reward})
                 if best_mean_reward is not None:
                     tqdm.write("Best mean reward updated %.1f -> %.1f, model saved" % (best_mean_reward, mean_reward))
                 best_mean_reward = mean_reward
@@ -256,7 +238,16 @@ def train(args) -> int:
         writer.close()
         env.close()
         elapsed_seconds = earlier_seconds + timeit.default_timer() - start_time
-        save_resumable_state(completed, elapsed_seconds)
+        save_checkpoint(state_path, {
+            **networks_state(policy_net, target_net, optimizer),
+            "episode": completed,
+            "total_rewards": total_rewards[-100:],
+            "best_mean_reward": best_mean_reward,
+            "ten_rewards": ten_rewards,
+            "global_step": global_step,
+            "logdir": str(logdir),
+            "elapsed_seconds": elapsed_seconds,
+        })
 
     if solved:
         print("Environment solved in {:d} episodes!\tAverage Score: {:.2f}".format(completed, mean_reward))

@@ -366,6 +366,11 @@ def resume_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".resume" + checkpoint.suffix)
 
 
+def networks_state(policy_net: nn.Module, target_net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The lecture's checkpoint content, under its key names."""
+    return dict(zip(CHECKPOINT_KEYS, (policy_net.state_dict(), target_net.state_dict(), optimizer.state_dict())))
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder, then a rename over `path`.
 
