@@ -28,6 +28,7 @@ from common import (
     positive_int,
     preprocess_frame,
     resolve_device,
+    resume_path,
     seed_everything,
     wilson_interval,
 )
@@ -58,6 +59,10 @@ def evaluate(args) -> int:
 
     checkpoint = None
     if args.policy == "greedy":
+        latest = resume_path(args.checkpoint)
+        if not args.checkpoint.exists() and latest.exists():
+            raise UsageError(f"{args.checkpoint}: no such checkpoint file yet (training saves the best model after "
+                             f"episode 100); to evaluate the latest policy, pass --checkpoint {latest}")
         checkpoint = load_checkpoint(args.checkpoint, device, ("policy_net_state_dict",))
 
     env = make_env(is_test=args.objects == "test", max_steps=args.max_steps)

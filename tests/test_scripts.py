@@ -53,6 +53,15 @@ def test_training_leaves_a_resumable_state(run_dir):
     assert not (run_dir / "policy_dqn.pt").exists(), "the best model is saved only after episode 100"
 
 
+def test_eval_before_a_best_model_points_to_the_latest_policy(run_dir):
+    result = run_script("eval", "--episodes", "1", cwd=run_dir)
+    assert_one_line_error(result, "policy_dqn.pt", "--checkpoint policy_dqn.resume.pt")
+
+    result = run_script("eval", "--episodes", "1", "--checkpoint", "policy_dqn.resume.pt", cwd=run_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Episode: 1, reward: ")
+
+
 def test_resume_continues_the_episode_count_and_saves_the_best_model(run_dir):
     result = run_script("train", "--resume", "--episodes", "12", *FAST, cwd=run_dir)
     assert result.returncode == 0, result.stderr
