@@ -425,10 +425,7 @@ def load_checkpoint(path: Path, device: torch.device, required_keys: tuple[str, 
 def load_state(module: Any, checkpoint: dict[str, Any], key: str, path: Path) -> None:
     """Load checkpoint[key] into a network or optimizer strictly, reporting a misfit as a CheckpointError."""
     try:
-        if isinstance(module, nn.Module):
-            module.load_state_dict(checkpoint[key], strict=True)
-        else:
-            module.load_state_dict(checkpoint[key])
+        module.load_state_dict(checkpoint[key])  # strict by default for networks
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as error:
         detail = str(error).strip().splitlines()
         reason = " ".join(line.strip() for line in detail[:3]) if detail else type(error).__name__

@@ -68,23 +68,30 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path):
     assert list(tmp_path.iterdir()) == [path]
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "corrupt", "truncated", "code", "missing key", "not a dict"])
-def test_load_reports_faults_as_one_error_naming_the_file(tmp_path, case):
-    path = tmp_path / "policy_dqn.pt"
-    marker = tmp_path / "code_ran"
+def write_bad_checkpoint(path: Path, case: str, marker: Path) -> None:
+    """Leave at `path` a checkpoint that is wrong in the way `case` names ("missing" leaves nothing)."""
     if case == "directory":
         path.mkdir()
     elif case == "corrupt":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(b"not a checkpoint at all")
     elif case == "truncated":
         save_checkpoint(path, lecture_checkpoint())
         path.write_bytes(path.read_bytes()[:20000])
     elif case == "code":
         torch.save({"policy_net_state_dict": RunsCode(marker)}, path)
     elif case == "missing key":
-        torch.save({"policy_net": DQN(40, 40, 7).state_dict()}, path)
+        torch.save({"model": DQN(40, 40, 7).state_dict()}, path)
     elif case == "not a dict":
         torch.save(torch.zeros(3), path)
+    elif case == "wrong shape":
+        save_checkpoint(path, lecture_checkpoint(outputs=9))
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "corrupt", "truncated", "code", "missing key", "not a dict"])
+def test_load_reports_faults_as_one_error_naming_the_file(tmp_path, case):
+    path = tmp_path / "policy_dqn.pt"
+    marker = tmp_path / "code_ran"
+    write_bad_checkpoint(path, case, marker)
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path, CPU, ("policy_net_state_dict",))
     assert str(path) in str(error.value)
@@ -94,7 +101,7 @@ def test_load_reports_faults_as_one_error_naming_the_file(tmp_path, case):
 
 def test_a_state_dict_of_another_shape_is_refused(tmp_path):
     path = tmp_path / "policy_dqn.pt"
-    save_checkpoint(path, lecture_checkpoint(outputs=9))
+    write_bad_checkpoint(path, "wrong shape", tmp_path / "code_ran")
     checkpoint = load_checkpoint(path, CPU, CHECKPOINT_KEYS)
     with pytest.raises(CheckpointError, match="size mismatch"):
         load_state(DQN(40, 40, 7), checkpoint, "policy_net_state_dict", path)
@@ -106,14 +113,7 @@ def test_eval_script_refuses_bad_checkpoints_in_one_line(workdir, case):
     marker = workdir / "code_ran"
     expected = {"missing": "no such checkpoint", "corrupt": "corrupt", "code": "refused to load",
                 "missing key": "missing key 'policy_net_state_dict'", "wrong shape": "does not fit"}[case]
-    if case == "corrupt":
-        path.write_bytes(b"not a checkpoint at all")
-    elif case == "code":
-        torch.save({"policy_net_state_dict": RunsCode(marker)}, path)
-    elif case == "missing key":
-        torch.save({"model": DQN(40, 40, 7).state_dict()}, path)
-    elif case == "wrong shape":
-        torch.save(lecture_checkpoint(outputs=9), path)
+    write_bad_checkpoint(path, case, marker)
     result = run_script("eval", "--episodes", "1", cwd=workdir)
     assert_one_line_error(result, "policy_dqn.pt", expected)
     assert "Episode:" not in result.stdout
