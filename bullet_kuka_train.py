@@ -1,6 +1,7 @@
 """Train the lecture's DQN to grasp objects with a KUKA arm in pybullet, from 48x48 camera images.
 
     python bullet_kuka_train.py                 # the lecture's run, best model in policy_dqn.pt
+    python bullet_kuka_train.py --num-envs 8    # the same algorithm, 8 environments in parallel
     python bullet_kuka_train.py --resume        # continue from policy_dqn.resume.pt
 
 Saves the best policy (mean success over the last 100 episodes) to --checkpoint, keeps a
@@ -8,14 +9,17 @@ resumable state next to it, and logs to TensorBoard under --logdir.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import random
+import signal
 import sys
 import tempfile
 import time
 import timeit
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,10 +31,12 @@ from common import (
     CHECKPOINT_KEYS,
     DQN,
     SCREEN_SIZE,
+    EnvPool,
     FrameStack,
     OneLineArgumentParser,
     ReplayMemory,
     UsageError,
+    WorkerError,
     epsilon_by_episode,
     load_checkpoint,
     load_state,
@@ -41,11 +47,13 @@ from common import (
     positive_int,
     preprocess_frame,
     probability,
+    report_errors,
     resolve_device,
     resume_path,
     save_checkpoint,
     seed_everything,
-    select_action,
+    seed_int,
+    select_actions,
 )
 
 BEST_MODEL_AFTER_EPISODE = 100
@@ -77,7 +85,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                              f"from episode {SOLVE_AFTER_EPISODE} on")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the networks run; auto picks CUDA when a GPU is usable")
-    parser.add_argument("--seed", type=int, default=1, help="seed of the environment, the agent and torch")
+    parser.add_argument("--num-envs", type=positive_int, default=1,
+                        help="environments, each in its own worker process; 1 runs the lecture's loop in this process")
+    parser.add_argument("--updates-per-step", type=positive_float, default=1.0,
+                        help="gradient steps per collected transition (lecture: 1)")
+    parser.add_argument("--seed", type=seed_int, default=1, help="seed of the environments, the agent and torch")
     parser.add_argument("--checkpoint", type=Path, default=Path("policy_dqn.pt"),
                         help="best model file; the resumable state goes beside it as NAME.resume.pt")
     parser.add_argument("--logdir", type=Path, default=None,
@@ -88,9 +100,27 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
     args = parser.parse_args(argv)
-    if args.memory < args.batch_size:
-        parser.error(f"argument --memory: must hold at least one batch ({args.batch_size}), got {args.memory}")
+    if args.memory < max(args.batch_size, args.num_envs):
+        parser.error(f"argument --memory: must hold at least one batch ({args.batch_size}) and one transition "
+                     f"per environment ({args.num_envs}), got {args.memory}")
     return args
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends, so that an episode is counted, logged and saved whole."""
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:  # started with SIGINT ignored (nohup, a background job): keep it so
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
 
 
 def check_writable_folder(folder: Path, flag: str) -> None:
@@ -103,7 +133,216 @@ def check_writable_folder(folder: Path, flag: str) -> None:
         raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error})") from None
 
 
-def train(args) -> int:
+class Trainer:
+    """The lecture's learner and its bookkeeping: networks, replay memory, and what happens as episodes end.
+
+    Both loops below drive it, so an episode means the same whatever the number of environments:
+    epsilon follows the finished-episode count, and each finished episode is logged, may save the
+    best model, may sync the target network and may meet the solve condition, as in the lecture.
+    """
+
+    def __init__(self, args: argparse.Namespace, n_actions: int, device: torch.device, seed: int,
+                 logdir: Path, resumed: Optional[dict[str, Any]], state_path: Path) -> None:
+        self.args = args
+        self.n_actions = n_actions
+        self.rng = random.Random(seed)
+        self.policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
+        self.target_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
+        self.target_net.load_state_dict(self.policy_net.state_dict())
+        self.target_net.eval()
+        self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
+        self.memory = ReplayMemory(args.memory, device, num_streams=args.num_envs, seed=seed)
+
+        self.completed = 0
+        self.total_rewards: list[float] = []
+        self.best_mean_reward: Optional[float] = None
+        self.ten_rewards = 0.0
+        self.global_step = 0
+        self.earlier_seconds = 0.0
+        if resumed:
+            load_state(self.policy_net, resumed, "policy_net_state_dict", state_path)
+            load_state(self.target_net, resumed, "target_net_state_dict", state_path)
+            load_state(self.optimizer, resumed, "optimizer_policy_net_state_dict", state_path)
+            for group in self.optimizer.param_groups:
+                group["lr"] = args.lr
+            self.completed = resumed["episode"]
+            self.total_rewards = list(resumed["total_rewards"])
+            self.best_mean_reward = resumed["best_mean_reward"]
+            self.ten_rewards = resumed["ten_rewards"]
+            self.global_step = resumed["global_step"]
+            self.earlier_seconds = resumed["elapsed_seconds"]
+        self.start_episode = self.completed
+        self.mean_reward = float(np.mean(self.total_rewards[-100:]) * 100) if self.total_rewards else 0.0
+        self.solved = False
+
+        # This run's counts, for throughput and for the gradient steps owed to the learner.
+        self.transitions = 0
+        self.optimize_calls = 0
+        self.gradient_steps = 0
+        self.losses: list[torch.Tensor] = []
+        self.q_values: list[torch.Tensor] = []
+
+        self.writer = SummaryWriter(str(logdir))
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
+        )
+        self.progress = tqdm(total=args.episodes, initial=self.completed, unit="ep", disable=None, dynamic_ncols=True)
+        self.start_time = timeit.default_timer()
+
+    @property
+    def finished(self) -> bool:
+        return self.solved or self.completed >= self.args.episodes
+
+    def epsilon(self) -> float:
+        return epsilon_by_episode(self.completed, self.args.eps_start, self.args.eps_end, self.args.eps_decay_last_frame)
+
+    def act(self, states: np.ndarray) -> list[int]:
+        """Epsilon-greedy actions for a batch of states, one forward pass."""
+        return select_actions(self.policy_net, states, self.epsilon(), self.n_actions, self.rng)
+
+    def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
+              stream: int = 0) -> None:
+        self.memory.push(state, action, next_state, reward, stream)
+        self.transitions += 1
+        self.global_step += 1
+
+    def owed(self) -> int:
+        """Calls of optimize_model due for the transitions collected so far (--updates-per-step each)."""
+        return int(self.transitions * self.args.updates_per_step + 1e-9) - self.optimize_calls
+
+    def learn(self) -> None:
+        """One call of the lecture's optimize_model; it does nothing until the memory holds a batch."""
+        self.optimize_calls += 1
+        result = optimize_model(self.policy_net, self.target_net, self.optimizer, self.memory,
+                                self.args.batch_size, self.args.gamma)
+        if result is not None:
+            self.gradient_steps += 1
+            self.losses.append(result[0])
+            self.q_values.append(result[1])
+
+    def seconds(self) -> float:
+        return timeit.default_timer() - self.start_time
+
+    def end_episode(self, reward: float, length: int) -> None:
+        """The lecture's end of an episode: log it, save the best model, sync the target, check for solved."""
+        with ctrl_c_deferred():
+            self._end_episode(reward, length)
+
+    def _end_episode(self, reward: float, length: int) -> None:
+        args, writer, i_episode = self.args, self.writer, self.completed
+        epsilon = self.epsilon()
+        self.ten_rewards += reward
+        self.total_rewards.append(float(reward))
+        self.completed += 1
+        self.mean_reward = mean_reward = float(np.mean(self.total_rewards[-100:]) * 100)
+        steps_per_second = self.transitions / self.seconds()
+        writer.add_scalar("epsilon", epsilon, i_episode)
+        writer.add_scalar("success_rate_last_100", mean_reward, i_episode)
+        writer.add_scalar("episode_length", length, i_episode)
+        writer.add_scalar("steps_per_second", steps_per_second, i_episode)
+        if self.losses:
+            writer.add_scalar("loss", torch.stack(self.losses).mean().item(), i_episode)
+            writer.add_scalar("mean_q", torch.stack(self.q_values).mean().item(), i_episode)
+            self.losses, self.q_values = [], []
+
+        if (self.best_mean_reward is None or self.best_mean_reward < mean_reward) \
+                and i_episode > BEST_MODEL_AFTER_EPISODE:
+            save_checkpoint(args.checkpoint, {**self.networks(), "episode": i_episode, "mean_reward": mean_reward})
+            if self.best_mean_reward is not None:
+                tqdm.write("Best mean reward updated %.1f -> %.1f, model saved" % (self.best_mean_reward, mean_reward))
+            self.best_mean_reward = mean_reward
+
+        if (i_episode + 1) % 10 == 0:
+            writer.add_scalar("ten episodes average rewards", self.ten_rewards / 10.0, i_episode)
+            self.ten_rewards = 0.0
+        if i_episode % args.target_update == 0:
+            self.target_net.load_state_dict(self.policy_net.state_dict())
+
+        self.progress.update(1)
+        self.progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
+        if i_episode >= SOLVE_AFTER_EPISODE and mean_reward > args.solve_score:
+            self.solved = True
+
+    def networks(self) -> dict[str, Any]:
+        return networks_state(self.policy_net, self.target_net, self.optimizer)
+
+    def close(self) -> dict[str, Any]:
+        """Flush the logs and return the resumable state."""
+        self.progress.close()
+        self.writer.close()
+        return {
+            **self.networks(),
+            "episode": self.completed,
+            "total_rewards": self.total_rewards[-100:],
+            "best_mean_reward": self.best_mean_reward,
+            "ten_rewards": self.ten_rewards,
+            "global_step": self.global_step,
+            "logdir": str(self.args.logdir),
+            "elapsed_seconds": self.earlier_seconds + self.seconds(),
+        }
+
+
+def run_lecture_loop(trainer: Trainer, env: Any) -> None:
+    """--num-envs 1: the lecture's loop in this process: act, step, store, learn, and so on to the episode's end."""
+    while not trainer.finished:
+        frames = FrameStack()
+        state = frames.reset(preprocess_frame(env.reset()))
+        for t in range(1, trainer.args.max_steps + 1):
+            action = trainer.act(state[None])[0]
+            obs, reward, done, _ = env.step(action)
+            next_state = None if done else frames.push(preprocess_frame(obs))
+            trainer.store(state, action, next_state, reward)
+            state = next_state
+            while trainer.owed() > 0:
+                trainer.learn()
+            if done:
+                break
+        trainer.end_episode(reward, t)
+
+
+def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
+    """--num-envs N: each worker steps as soon as it has its action; the learner works while they simulate.
+
+    Replies are taken as they come; the workers waiting for an action get it from one batched
+    forward pass. Learning yields to the workers, but never falls more than one gradient step
+    per worker behind --updates-per-step.
+    """
+    n = pool.num_envs
+    stacks = [FrameStack() for _ in range(n)]
+    states: list[Optional[np.ndarray]] = [None] * n  # None: the worker is resetting
+    actions = [0] * n
+    lengths = [0] * n
+    for index in range(n):
+        pool.reset(index)
+    while not trainer.finished:
+        waiting = []
+        for index, frame, reward, done in pool.results():
+            if states[index] is None:
+                states[index] = stacks[index].reset(frame)
+                waiting.append(index)
+                continue
+            next_state = None if done else stacks[index].push(frame)
+            trainer.store(states[index], actions[index], next_state, reward, stream=index)
+            states[index] = next_state
+            lengths[index] += 1
+            if done:
+                trainer.end_episode(reward, lengths[index])
+                lengths[index] = 0
+                if trainer.finished:
+                    return
+                pool.reset(index)
+            else:
+                waiting.append(index)
+        if waiting:
+            for index, action in zip(waiting, trainer.act(np.stack([states[i] for i in waiting]))):
+                actions[index] = action
+                pool.step(index, action)
+        while (owed := trainer.owed()) > 0 and (owed > n or not pool.poll()):
+            trainer.learn()
+
+
+def train(args: argparse.Namespace) -> int:
     checkpoint_path: Path = args.checkpoint
     state_path = resume_path(checkpoint_path)
     device = resolve_device(args.device)
@@ -121,135 +360,50 @@ def train(args) -> int:
                 raise UsageError(f"{existing} exists: pass --resume to continue that run, another --checkpoint, "
                                  "or --overwrite to replace it")
     start_episode = resumed["episode"] if resumed else 0
-    if args.logdir is not None:
-        logdir = args.logdir
-    elif resumed:
-        logdir = Path(resumed["logdir"])
-    else:
-        logdir = Path("runs") / f"kuka_dqn_{args.seed}_{int(time.time())}"
+    if args.logdir is None:
+        args.logdir = Path(resumed["logdir"]) if resumed else Path("runs") / f"kuka_dqn_{args.seed}_{int(time.time())}"
     check_writable_folder(checkpoint_path.parent, "--checkpoint")
-    check_writable_folder(logdir, "--logdir")
+    check_writable_folder(args.logdir, "--logdir")
 
-    # Seeding: the environment draws objects from the global generators; the agent has its own,
-    # so the scenes a seed produces do not depend on the agent's choices. A resumed run reseeds
-    # with its episode so that it does not replay the first episodes' scenes.
+    # Seeding: the environments draw objects from their process's global generators; the agent has
+    # its own, so the scenes a seed produces do not depend on the agent's choices. A resumed run
+    # reseeds with its episode so that it does not replay the first episodes' scenes.
     seed = args.seed + start_episode
     seed_everything(seed)
-    rng = random.Random(seed)
-
-    env = make_env(is_test=False, max_steps=args.max_steps)
-    n_actions = env.action_space.n
-    policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
-    target_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
-    target_net.load_state_dict(policy_net.state_dict())
-    target_net.eval()
-    optimizer = optim.Adam(policy_net.parameters(), lr=args.lr)
-    memory = ReplayMemory(args.memory, rng)
-
-    total_rewards: list[float] = []
-    best_mean_reward: Optional[float] = None
-    ten_rewards = 0.0
-    global_step = 0
-    earlier_seconds = 0.0
-    if resumed:
-        load_state(policy_net, resumed, "policy_net_state_dict", state_path)
-        load_state(target_net, resumed, "target_net_state_dict", state_path)
-        load_state(optimizer, resumed, "optimizer_policy_net_state_dict", state_path)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr
-        total_rewards = list(resumed["total_rewards"])
-        best_mean_reward = resumed["best_mean_reward"]
-        ten_rewards = resumed["ten_rewards"]
-        global_step = resumed["global_step"]
-        earlier_seconds = resumed["elapsed_seconds"]
-        print(f"Resuming from {state_path} at episode {start_episode} (replay memory starts empty)")
-
-    writer = SummaryWriter(str(logdir))
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-    )
-
-    start_time = timeit.default_timer()
-    steps_this_run = 0
-    completed = start_episode
-    solved = False
-    interrupted = False
-    progress = tqdm(total=args.episodes, initial=start_episode, unit="ep", disable=None, dynamic_ncols=True)
+    if args.num_envs == 1:
+        env = make_env(is_test=False, max_steps=args.max_steps)
+        n_actions = env.action_space.n
+    else:
+        torch.set_num_threads(1)  # the other cores belong to the workers' physics
+        env = EnvPool(args.num_envs, seed, is_test=False, max_steps=args.max_steps)
+        n_actions = env.n_actions
     try:
-        for i_episode in range(start_episode, args.episodes):
-            epsilon = epsilon_by_episode(i_episode, args.eps_start, args.eps_end, args.eps_decay_last_frame)
-            frames = FrameStack()
-            state = frames.reset(preprocess_frame(env.reset()).to(device))
-            losses, q_values = [], []
-            for t in range(1, args.max_steps + 1):
-                action = select_action(policy_net, state, epsilon, n_actions, rng)
-                obs, reward, done, _ = env.step(action)
-                next_state = None if done else frames.push(preprocess_frame(obs).to(device))
+        trainer = Trainer(args, n_actions, device, seed, args.logdir, resumed, state_path)
+    except BaseException:
+        env.close()
+        raise
+    if resumed:
+        tqdm.write(f"Resuming from {state_path} at episode {start_episode} (replay memory starts empty)")
 
-                memory.push(state, torch.tensor([[action]], device=device), next_state,
-                            torch.tensor([float(reward)], device=device))
-                state = next_state
-                global_step += 1
-                steps_this_run += 1
-
-                result = optimize_model(policy_net, target_net, optimizer, memory, args.batch_size, args.gamma)
-                if result is not None:
-                    losses.append(result[0])
-                    q_values.append(result[1])
-                if done:
-                    break
-
-            ten_rewards += reward
-            total_rewards.append(float(reward))
-            completed = i_episode + 1
-            mean_reward = float(np.mean(total_rewards[-100:]) * 100)
-            steps_per_second = steps_this_run / (timeit.default_timer() - start_time)
-            writer.add_scalar("epsilon", epsilon, i_episode)
-            writer.add_scalar("success_rate_last_100", mean_reward, i_episode)
-            writer.add_scalar("episode_length", t, i_episode)
-            writer.add_scalar("steps_per_second", steps_per_second, i_episode)
-            if losses:
-                writer.add_scalar("loss", torch.stack(losses).mean().item(), i_episode)
-                writer.add_scalar("mean_q", torch.stack(q_values).mean().item(), i_episode)
-
-            if (best_mean_reward is None or best_mean_reward < mean_reward) and i_episode > BEST_MODEL_AFTER_EPISODE:
-                save_checkpoint(checkpoint_path, {**networks_state(policy_net, target_net, optimizer),
-                                                  "episode": i_episode, "mean_reward": mean_reward})
-                if best_mean_reward is not None:
-                    tqdm.write("Best mean reward updated %.1f -> %.1f, model saved" % (best_mean_reward, mean_reward))
-                best_mean_reward = mean_reward
-
-            if (i_episode + 1) % 10 == 0:
-                writer.add_scalar("ten episodes average rewards", ten_rewards / 10.0, i_episode)
-                ten_rewards = 0.0
-            if i_episode % args.target_update == 0:
-                target_net.load_state_dict(policy_net.state_dict())
-
-            progress.update(1)
-            progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
-            if i_episode >= SOLVE_AFTER_EPISODE and mean_reward > args.solve_score:
-                solved = True
-                break
+    failure: Optional[WorkerError] = None
+    interrupted = False
+    try:
+        if args.num_envs == 1:
+            run_lecture_loop(trainer, env)
+        else:
+            run_parallel_loop(trainer, env)
     except KeyboardInterrupt:
         interrupted = True
+    except WorkerError as error:
+        failure = error
     finally:
-        progress.close()
-        writer.close()
+        seconds = trainer.seconds()
         env.close()
-        elapsed_seconds = earlier_seconds + timeit.default_timer() - start_time
-        save_checkpoint(state_path, {
-            **networks_state(policy_net, target_net, optimizer),
-            "episode": completed,
-            "total_rewards": total_rewards[-100:],
-            "best_mean_reward": best_mean_reward,
-            "ten_rewards": ten_rewards,
-            "global_step": global_step,
-            "logdir": str(logdir),
-            "elapsed_seconds": elapsed_seconds,
-        })
+        resumable = trainer.close()
+        save_checkpoint(state_path, resumable)
 
-    if solved:
+    completed, mean_reward = trainer.completed, trainer.mean_reward
+    if trainer.solved:
         print("Environment solved in {:d} episodes!\tAverage Score: {:.2f}".format(completed, mean_reward))
         print("Average Score: {:.2f}".format(mean_reward))
     elif interrupted:
@@ -257,17 +411,19 @@ def train(args) -> int:
     if not checkpoint_path.exists():
         print(f"No best model saved yet (that starts after episode {BEST_MODEL_AFTER_EPISODE}); "
               f"the last policy is in {state_path}")
-    print("Elapsed time: {}".format(timedelta(seconds=elapsed_seconds)))
+    print("Elapsed time: {}".format(timedelta(seconds=resumable["elapsed_seconds"])))
+    print(f"Throughput: {(completed - trainer.start_episode) / seconds:.3f} episodes/s, "
+          f"{trainer.transitions / seconds:.2f} env steps/s, {trainer.gradient_steps / seconds:.2f} gradient steps/s "
+          f"with {args.num_envs} environment{'s' if args.num_envs > 1 else ''}")
+    if failure is not None:
+        print(f"error: {failure}; the run's state is saved in {state_path}: continue with --resume", file=sys.stderr)
+        return 1
     return 130 if interrupted else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        return train(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return report_errors(lambda: train(args))
 
 
 if __name__ == "__main__":

@@ -10,17 +10,20 @@ import argparse
 import contextlib
 import functools
 import math
+import multiprocessing
 import os
 import pickle
 import random
 import re
 import secrets
+import signal
 import sys
 import warnings
 import zipfile
 from collections import deque, namedtuple
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -44,11 +47,30 @@ class CheckpointError(UsageError):
     """A checkpoint that is missing, unreadable, unsafe or does not fit the network."""
 
 
+class WorkerError(RuntimeError):
+    """An environment worker process failed or died; the message names it."""
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of usage plus error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def report_errors(run: Callable[[], int]) -> int:
+    """Run a script's body; bad input, a failed worker and Ctrl-C become one line on stderr and an exit code."""
+    try:
+        return run()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except WorkerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted", file=sys.stderr)
+        return 130
 
 
 def positive_int(text: str) -> int:
@@ -72,6 +94,14 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0.0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed NumPy accepts, 0 <= seed < 2**32."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**32 - 1, got {text}")
     return value
 
 
@@ -168,76 +198,290 @@ def make_env(is_test: bool, max_steps: int = 20) -> Any:
     )
 
 
+def worker_seed(seed: int, index: int) -> int:
+    """The seed of environment worker `index` in a run seeded with `seed`: distinct per worker, fixed per pair."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int) -> None:
+    """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
+
+    Replies ("frame", frame, reward, done) with the preprocessed uint8 frame (None when done), so
+    that the pipe carries 1,600 bytes a step.
+    """
+    env = None
+    try:
+        seed_everything(seed)
+        env = make_env(is_test, max_steps)
+        connection.send(("ready", env.action_space.n))
+        while True:
+            command = connection.recv()
+            if command[0] == "reset":
+                connection.send(("frame", preprocess_frame(env.reset()), 0, False))
+            elif command[0] == "step":
+                obs, reward, done, _ = env.step(command[1])
+                connection.send(("frame", None if done else preprocess_frame(obs), reward, bool(done)))
+            else:
+                break
+    except (EOFError, BrokenPipeError):
+        pass  # the main process has gone; nothing is left to answer
+    except Exception as error:
+        with contextlib.suppress(OSError):
+            connection.send(("error", f"{type(error).__name__}: {error}"))
+    finally:
+        if env is not None:
+            env.close()
+
+
+class EnvPool:
+    """`num_envs` environments, one per process, each stepping as soon as it is given its action.
+
+    Unlike gym's lockstep AsyncVectorEnv, a worker that is resetting (about 0.8 s of physics)
+    holds up no other. Send requests with `reset` and `step`, collect replies with `results`.
+    """
+
+    def __init__(self, num_envs: int, seed: int, is_test: bool, max_steps: int = 20) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads or CUDA
+        self.connections: list[Connection] = []
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        try:
+            for index in range(num_envs):
+                parent_end, child_end = context.Pipe()
+                process = context.Process(
+                    target=_env_worker, args=(child_end, worker_seed(seed, index), is_test, max_steps),
+                    name=f"env-worker-{index}", daemon=True)
+                # Ctrl-C reaches every process of the terminal; a worker born with SIGINT ignored
+                # leaves it to the main process, which stops the workers itself.
+                previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    process.start()
+                finally:
+                    signal.signal(signal.SIGINT, previous_handler)
+                child_end.close()
+                self.connections.append(parent_end)
+                self.processes.append(process)
+            self.n_actions: int = [self._receive(index)[1] for index in range(num_envs)][0]
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def num_envs(self) -> int:
+        return len(self.processes)
+
+    def reset(self, index: int) -> None:
+        """Ask worker `index` to start a new episode; its reply carries the first frame."""
+        self._send(index, ("reset",))
+
+    def step(self, index: int, action: int) -> None:
+        """Ask worker `index` to take `action`; its reply carries the frame, reward and done."""
+        self._send(index, ("step", int(action)))
+
+    def poll(self) -> bool:
+        """Whether some worker has a reply waiting (or has died), without blocking."""
+        return bool(wait(self.connections, timeout=0))
+
+    def results(self) -> list[tuple[int, Optional[np.ndarray], float, bool]]:
+        """Block until a worker replies; return every waiting reply as (index, frame, reward, done)."""
+        ready = wait(self.connections + [p.sentinel for p in self.processes])
+        replies = []
+        for index, connection in enumerate(self.connections):
+            if connection in ready or self.processes[index].sentinel in ready:
+                _, frame, reward, done = self._receive(index)
+                replies.append((index, frame, reward, done))
+        return replies
+
+    def close(self) -> None:
+        """Stop every worker: ask politely, then terminate any that does not exit within 5 s."""
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.send(("close",))
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        for connection in self.connections:
+            connection.close()
+        self.connections, self.processes = [], []
+
+    def __enter__(self) -> "EnvPool":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _send(self, index: int, command: tuple) -> None:
+        try:
+            self.connections[index].send(command)
+        except OSError:
+            raise WorkerError(self._death(index)) from None
+
+    def _receive(self, index: int) -> tuple:
+        try:
+            message = self.connections[index].recv()
+        except (EOFError, OSError):
+            raise WorkerError(self._death(index)) from None
+        if message[0] == "error":
+            raise WorkerError(f"environment worker {index} failed: {message[1]}")
+        return message
+
+    def _death(self, index: int) -> str:
+        process = self.processes[index]
+        process.join(timeout=5)
+        code = process.exitcode
+        if code is not None and code < 0:
+            how = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}" if code is not None else "stopped answering"
+        return f"environment worker {index} (pid {process.pid}) died: {how}"
+
+
 # ---------------------------------------------------------------------------
 # Observations
 # ---------------------------------------------------------------------------
 
 
-def preprocess_frame(obs: np.ndarray) -> torch.Tensor:
-    """An RGB observation (H, W, 3) uint8 -> grayscale, bicubic 40x40, float in [0, 1], shape (1, 1, 40, 40).
+def preprocess_frame(obs: np.ndarray) -> np.ndarray:
+    """An RGB observation (H, W, 3) uint8 -> grayscale, bicubic 40x40, uint8 of shape (40, 40).
 
-    Same result as the lecture's torchvision pipeline (ToPILImage, Grayscale, Resize(40, bicubic),
-    ToTensor), computed with Pillow alone on the observation the environment already returned.
+    Divided by 255 (see `to_float`) it is exactly the lecture's torchvision pipeline (ToPILImage,
+    Grayscale, Resize(40, bicubic), ToTensor); kept as bytes, a frame costs 1,600 bytes in the replay memory.
     """
     if obs.ndim != 3 or obs.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {obs.shape}")
     gray = Image.fromarray(np.asarray(obs, dtype=np.uint8)).convert("L")
     gray = gray.resize((SCREEN_SIZE, SCREEN_SIZE), Image.Resampling.BICUBIC)
-    frame = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255.0)
-    return frame.view(1, 1, SCREEN_SIZE, SCREEN_SIZE)
+    return np.array(gray, dtype=np.uint8)
+
+
+def to_float(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> the network's input, float32 in [0, 1]."""
+    return frames.float().div_(255.0)
 
 
 class FrameStack:
-    """The last `size` preprocessed frames as one state of shape (1, size, 40, 40).
+    """The last `size` preprocessed frames as one state, uint8 of shape (size, 40, 40).
 
     An episode starts from `size` copies of its first frame, as in the lecture.
     """
 
     def __init__(self, size: int = STACK_SIZE) -> None:
-        self.frames: deque[torch.Tensor] = deque(maxlen=size)
+        self.frames: deque[np.ndarray] = deque(maxlen=size)
 
-    def reset(self, frame: torch.Tensor) -> torch.Tensor:
+    def reset(self, frame: np.ndarray) -> np.ndarray:
         self.frames.extend([frame] * self.frames.maxlen)
         return self.state()
 
-    def push(self, frame: torch.Tensor) -> torch.Tensor:
+    def push(self, frame: np.ndarray) -> np.ndarray:
         self.frames.append(frame)
         return self.state()
 
-    def state(self) -> torch.Tensor:
-        return torch.cat(tuple(self.frames), dim=1)
+    def state(self) -> np.ndarray:
+        return np.stack(self.frames)
 
 
 # ---------------------------------------------------------------------------
 # Replay memory
 # ---------------------------------------------------------------------------
 
-Transition = namedtuple("Transition", ("state", "action", "next_state", "reward"))
-"""One step of experience; `next_state` is None when the step ended the episode."""
+Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done"))
+"""Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, 40, 40),
+int64 actions, float32 rewards, bool `done`; a terminal transition's `next_state` is meaningless."""
 
 
 class ReplayMemory:
-    """A cyclic buffer of the last `capacity` transitions, sampled uniformly."""
+    """The last `capacity` transitions, sampled uniformly, each frame stored once as uint8 on `device`.
 
-    def __init__(self, capacity: int, rng: Optional[random.Random] = None) -> None:
+    A transition costs one 40x40 frame (1,600 bytes) and a few bytes of action, reward and
+    bookkeeping, against 64 KB for the lecture's two float stacks. States are rebuilt from the
+    frames their stream stored before them, so transitions arrive in `streams` (one per
+    environment), each pushed in the order it happened, and each stream keeps its share of
+    the capacity, as Stable-Baselines3 does with several environments.
+    """
+
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", num_streams: int = 1,
+                 seed: Optional[int] = None) -> None:
+        if capacity < num_streams:
+            raise ValueError(f"capacity {capacity} is smaller than the number of streams {num_streams}")
         self.capacity = capacity
-        self.memory: list[Transition] = []
-        self.position = 0
-        self.rng = rng if rng is not None else random.Random()
+        self.device = torch.device(device)
+        self.shares = np.array([capacity // num_streams + (s < capacity % num_streams) for s in range(num_streams)])
+        # STACK_SIZE spare slots keep the frames of the oldest transition's state alive while the
+        # newest next frame is written.
+        self.slots = int(self.shares.max()) + STACK_SIZE
+        self.frames = torch.zeros((num_streams, self.slots, SCREEN_SIZE, SCREEN_SIZE), dtype=torch.uint8,
+                                  device=self.device)
+        self.actions = np.zeros((num_streams, self.slots), dtype=np.int64)
+        self.rewards = np.zeros((num_streams, self.slots), dtype=np.float32)
+        self.dones = np.zeros((num_streams, self.slots), dtype=bool)
+        self.episode_starts = np.zeros((num_streams, self.slots), dtype=np.int64)
+        """Step number, within its stream, of the first transition of each transition's episode."""
+        self.pushed = np.zeros(num_streams, dtype=np.int64)
+        self._last_next_state: list[Optional[np.ndarray]] = [None] * num_streams
+        self._episode_start = np.zeros(num_streams, dtype=np.int64)
+        self.rng = np.random.default_rng(seed)
 
-    def push(self, *args: Any) -> None:
-        """Save a transition (state, action, next_state, reward), overwriting the oldest when full."""
-        if len(self.memory) < self.capacity:
-            self.memory.append(Transition(*args))
-        else:
-            self.memory[self.position] = Transition(*args)
-        self.position = (self.position + 1) % self.capacity
+    def push(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
+             stream: int = 0) -> None:
+        """Save a transition; `next_state` is None when it ended the episode. Overwrites the stream's oldest.
 
-    def sample(self, batch_size: int) -> list[Transition]:
-        return self.rng.sample(self.memory, batch_size)
+        A state must be its stream's previous `next_state` or, after a terminal transition, copies
+        of one first frame, as `FrameStack` makes them.
+        """
+        step = int(self.pushed[stream])
+        slot = step % self.slots
+        previous = self._last_next_state[stream]
+        if previous is None:
+            if not (state == state[-1]).all():
+                raise ValueError(f"stream {stream}: an episode's first state must be copies of its first frame")
+            self._episode_start[stream] = step
+            self.frames[stream, slot] = torch.from_numpy(state[-1]).to(self.device)
+        elif not np.array_equal(state, previous):
+            raise ValueError(f"stream {stream}: the state is not the next_state of the stream's last transition")
+        if next_state is not None:
+            if not np.array_equal(next_state[:-1], state[1:]):
+                raise ValueError(f"stream {stream}: next_state must be the state shifted by one new frame")
+            self.frames[stream, (step + 1) % self.slots] = torch.from_numpy(next_state[-1]).to(self.device)
+        self.actions[stream, slot] = action
+        self.rewards[stream, slot] = reward
+        self.dones[stream, slot] = next_state is None
+        self.episode_starts[stream, slot] = self._episode_start[stream]
+        self._last_next_state[stream] = next_state
+        self.pushed[stream] = step + 1
+
+    def sample(self, batch_size: int) -> Batch:
+        """`batch_size` distinct transitions drawn uniformly, gathered by index on the device."""
+        held = np.minimum(self.pushed, self.shares)
+        if batch_size > held.sum():
+            raise ValueError(f"cannot sample {batch_size} transitions from a memory holding {held.sum()}")
+        ends = np.cumsum(held)
+        flat = self.rng.choice(ends[-1], size=batch_size, replace=False)
+        stream = np.searchsorted(ends, flat, side="right")
+        step = self.pushed[stream] - held[stream] + flat - (ends - held)[stream]
+        slot = step % self.slots
+        # Frames from before the episode's first step are replaced by its first frame, as in FrameStack.
+        back = np.arange(STACK_SIZE - 1, -1, -1)
+        first = self.episode_starts[stream, slot][:, None]
+        state_steps = np.maximum(step[:, None] - back, first)
+        next_steps = np.maximum(step[:, None] + 1 - back, first)
+        index = torch.from_numpy(np.stack((state_steps, next_steps)) % self.slots).to(self.device)
+        frames = self.frames[torch.from_numpy(stream).to(self.device)[:, None], index]
+        return Batch(
+            state=frames[0],
+            action=torch.from_numpy(self.actions[stream, slot]).to(self.device),
+            next_state=frames[1],
+            reward=torch.from_numpy(self.rewards[stream, slot]).to(self.device),
+            done=torch.from_numpy(self.dones[stream, slot]).to(self.device),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the memory holds, allocated in full up front."""
+        return self.frames.nbytes + sum(a.nbytes for a in (self.actions, self.rewards, self.dones, self.episode_starts))
 
     def __len__(self) -> int:
-        return len(self.memory)
+        return int(np.minimum(self.pushed, self.shares).sum())
 
 
 # ---------------------------------------------------------------------------
@@ -287,23 +531,27 @@ def epsilon_by_episode(i_episode: int, eps_start: float, eps_end: float, decay_l
     return max(eps_end, eps_start - i_episode / decay_last_frame)
 
 
-def greedy_action(policy_net: nn.Module, state: torch.Tensor) -> int:
-    """argmax_a Q(state, a), with BatchNorm in eval mode (running statistics, not one sample's)."""
+def greedy_actions(policy_net: nn.Module, states: np.ndarray) -> list[int]:
+    """argmax_a Q(state, a) for a batch of uint8 states, in one forward pass.
+
+    BatchNorm runs in eval mode (running statistics, not the batch's); the network's mode is restored.
+    """
+    device = next(policy_net.parameters()).device
     was_training = policy_net.training
     policy_net.eval()
     with torch.no_grad():
-        action = int(policy_net(state).argmax(dim=1).item())
+        actions = policy_net(to_float(torch.from_numpy(states).to(device))).argmax(dim=1).tolist()
     policy_net.train(was_training)
-    return action
+    return actions
 
 
-def select_action(
-    policy_net: nn.Module, state: torch.Tensor, epsilon: float, n_actions: int, rng: random.Random
-) -> int:
-    """Epsilon-greedy: a uniform random action with probability epsilon, else the greedy one."""
-    if rng.random() > epsilon:
-        return greedy_action(policy_net, state)
-    return rng.randrange(n_actions)
+def select_actions(
+    policy_net: nn.Module, states: np.ndarray, epsilon: float, n_actions: int, rng: random.Random
+) -> list[int]:
+    """Epsilon-greedy for each state: uniform with probability epsilon, else greedy (one batched pass)."""
+    explore = [rng.random() <= epsilon for _ in range(len(states))]
+    greedy = greedy_actions(policy_net, states) if not all(explore) else []
+    return [rng.randrange(n_actions) if explore[i] else greedy[i] for i in range(len(states))]
 
 
 def optimize_model(
@@ -321,21 +569,13 @@ def optimize_model(
     """
     if len(memory) < batch_size:
         return None
-    batch = Transition(*zip(*memory.sample(batch_size)))
-    state_batch = torch.cat(batch.state)
-    action_batch = torch.cat(batch.action)
-    reward_batch = torch.cat(batch.reward)
-    non_final_mask = torch.tensor([s is not None for s in batch.next_state], device=state_batch.device)
+    batch = memory.sample(batch_size)
 
     policy_net.train()
-    state_action_values = policy_net(state_batch).gather(1, action_batch)
-
-    next_state_values = torch.zeros(batch_size, device=state_batch.device)
-    if non_final_mask.any():
-        non_final_next_states = torch.cat([s for s in batch.next_state if s is not None])
-        with torch.no_grad():
-            next_state_values[non_final_mask] = target_net(non_final_next_states).max(dim=1).values
-    expected_state_action_values = reward_batch + gamma * next_state_values
+    state_action_values = policy_net(to_float(batch.state)).gather(1, batch.action.unsqueeze(1))
+    with torch.no_grad():
+        next_state_values = target_net(to_float(batch.next_state)).max(dim=1).values.masked_fill(batch.done, 0.0)
+    expected_state_action_values = batch.reward + gamma * next_state_values
 
     loss = F.smooth_l1_loss(state_action_values, expected_state_action_values.unsqueeze(1))
     optimizer.zero_grad()

@@ -1,22 +1,27 @@
 """The network, the replay memory, the epsilon schedule, acting and one optimisation step."""
 from __future__ import annotations
 
+import itertools
 import random
+from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from common import (
     DQN,
+    SCREEN_SIZE,
     STACK_SIZE,
+    FrameStack,
     ReplayMemory,
-    Transition,
     conv2d_size_out,
     epsilon_by_episode,
-    greedy_action,
+    greedy_actions,
     optimize_model,
-    select_action,
+    select_actions,
+    to_float,
     wilson_interval,
 )
 
@@ -59,37 +64,104 @@ def test_state_dict_has_the_lectures_names_and_shapes():
     assert torch.equal(net.head.bias, lecture_style["head.bias"])
 
 
-def transition(i: int, terminal: bool = False) -> Transition:
-    return Transition(torch.full((1, 1), float(i)), torch.tensor([[i % 7]]),
-                      None if terminal else torch.full((1, 1), i + 0.5), torch.tensor([float(i % 2)]))
+def random_frame(rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, (SCREEN_SIZE, SCREEN_SIZE), dtype=np.uint8)
 
 
-def test_replay_memory_returns_what_was_pushed_and_wraps():
-    memory = ReplayMemory(5, random.Random(0))
-    for i in range(3):
-        memory.push(*transition(i, terminal=(i == 2)))
-    assert len(memory) == 3
-    batch = memory.sample(3)
-    assert sorted(t.state.item() for t in batch) == [0.0, 1.0, 2.0]
-    by_state = {t.state.item(): t for t in batch}
-    assert by_state[2.0].next_state is None
-    assert by_state[1.0].next_state.item() == 1.5 and by_state[1.0].reward.item() == 1.0
-    assert by_state[1.0].action.item() == 1
+def episodes(rng: np.random.Generator, lengths: list[int]) -> Iterator[tuple]:
+    """Transitions (state, action, next_state, reward, done) of episodes of the given lengths, as FrameStack makes them."""
+    for length in lengths:
+        stack = FrameStack()
+        state = stack.reset(random_frame(rng))
+        for t in range(length):
+            done = t == length - 1
+            next_state = None if done else stack.push(random_frame(rng))
+            yield state, int(rng.integers(7)), next_state, float(done and rng.random() < 0.5), done
+            state = next_state
 
-    for i in range(3, 12):
-        memory.push(*transition(i))
+
+def push_streams(memory: ReplayMemory, streams: list[Iterator[tuple]]) -> list[tuple]:
+    """Push the streams' transitions interleaved, one from each in turn; return them in push order."""
+    pushed = []
+    for batch in itertools.zip_longest(*streams):
+        for stream, item in enumerate(batch):
+            if item is not None:
+                state, action, next_state, reward, _ = item
+                memory.push(state, action, next_state, reward, stream)
+                pushed.append(item)
+    return pushed
+
+
+def key(state, action, next_state, reward, done) -> tuple:
+    """A transition as comparable bytes; a terminal transition's next state is not part of it."""
+    return (np.asarray(state).tobytes(), int(action), None if done else np.asarray(next_state).tobytes(),
+            float(reward), bool(done))
+
+
+def sampled_keys(memory: ReplayMemory, batch_size: int) -> list[tuple]:
+    batch = memory.sample(batch_size)
+    assert batch.state.dtype == batch.next_state.dtype == torch.uint8
+    assert batch.state.shape == batch.next_state.shape == (batch_size, STACK_SIZE, SCREEN_SIZE, SCREEN_SIZE)
+    return [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
+            for i in range(batch_size)]
+
+
+def test_replay_memory_returns_exactly_what_was_pushed():
+    rng = np.random.default_rng(0)
+    memory = ReplayMemory(100, num_streams=3, seed=0)
+    pushed = push_streams(memory, [episodes(rng, [1, 6, 2]), episodes(rng, [7, 3]), episodes(rng, [2, 2, 5, 1])])
+    assert len(memory) == len(pushed) == 29
+    assert sorted(sampled_keys(memory, 29)) == sorted(key(*t) for t in pushed)
+    assert any(t[4] for t in pushed) and not all(t[4] for t in pushed)
+
+
+def test_replay_memory_wraps_around_at_capacity():
+    rng = np.random.default_rng(1)
+    memory = ReplayMemory(5, seed=0)
+    pushed = push_streams(memory, [episodes(rng, [4, 3, 5])])
     assert len(memory) == 5
-    assert sorted(t.state.item() for t in memory.sample(5)) == [7.0, 8.0, 9.0, 10.0, 11.0]
-    with pytest.raises(ValueError):
+    assert sorted(sampled_keys(memory, 5)) == sorted(key(*t) for t in pushed[-5:])
+    with pytest.raises(ValueError, match="cannot sample 6"):
         memory.sample(6)
 
+    # Each of several streams keeps its own share: here the last 5 of each.
+    memory = ReplayMemory(10, num_streams=2, seed=0)
+    first, second = list(episodes(rng, [3, 6, 4])), list(episodes(rng, [8]))
+    push_streams(memory, [iter(first), iter(second)])
+    assert len(memory) == 10
+    assert sorted(sampled_keys(memory, 10)) == sorted(key(*t) for t in first[-5:] + second[-5:])
 
-def test_replay_sampling_follows_its_generator():
-    first, second = ReplayMemory(100, random.Random(3)), ReplayMemory(100, random.Random(3))
-    for i in range(50):
-        first.push(*transition(i))
-        second.push(*transition(i))
-    assert [t.state.item() for t in first.sample(10)] == [t.state.item() for t in second.sample(10)]
+
+def test_replay_memory_stores_each_frame_once_as_bytes():
+    memory = ReplayMemory(10_000)
+    assert memory.frames.dtype == torch.uint8
+    assert memory.nbytes / 10_000 <= 2_000
+    assert memory.nbytes <= 25 * 2**20
+    rng = np.random.default_rng(2)
+    push_streams(memory, [episodes(rng, [7] * 10)])
+    assert memory.nbytes == ReplayMemory(10_000).nbytes, "allocated once, up front"
+
+
+def test_replay_memory_refuses_a_state_that_does_not_continue_its_stream():
+    rng = np.random.default_rng(3)
+    memory = ReplayMemory(10)
+    state, action, next_state, reward, _ = next(episodes(rng, [3]))
+    memory.push(state, action, next_state, reward)
+    with pytest.raises(ValueError, match="not the next_state"):
+        memory.push(state, action, next_state, reward)
+    with pytest.raises(ValueError, match="shifted by one new frame"):
+        memory.push(next_state, action, state, reward)
+    with pytest.raises(ValueError, match="first frame"):
+        ReplayMemory(10).push(next_state, action, None, reward)
+
+
+def test_replay_sampling_follows_its_seed():
+    rng = np.random.default_rng(4)
+    transitions = list(episodes(rng, [7] * 8))
+    first, second, other = ReplayMemory(100, seed=3), ReplayMemory(100, seed=3), ReplayMemory(100, seed=4)
+    for memory in (first, second, other):
+        push_streams(memory, [iter(transitions)])
+    assert sampled_keys(first, 10) == sampled_keys(second, 10) != sampled_keys(other, 10)
 
 
 def test_epsilon_schedule_is_the_lectures():
@@ -105,25 +177,33 @@ def test_acting_uses_running_statistics_and_leaves_them_alone():
     net.train()
     net(torch.rand(8, STACK_SIZE, 40, 40))  # give BatchNorm non-trivial running statistics
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    state = torch.rand(1, STACK_SIZE, 40, 40)
+    states = np.random.default_rng(0).integers(0, 256, (4, STACK_SIZE, 40, 40), dtype=np.uint8)
 
-    action = greedy_action(net, state)
+    actions = greedy_actions(net, states)
 
     assert net.training, "acting restores the mode it found"
-    for key, value in net.state_dict().items():
-        assert torch.equal(value, before[key]), f"acting changed {key}"
+    for name, value in net.state_dict().items():
+        assert torch.equal(value, before[name]), f"acting changed {name}"
     net.eval()
     with torch.no_grad():
-        assert action == net(state).argmax(dim=1).item()
+        one_by_one = [net(to_float(torch.from_numpy(s[None]))).argmax(dim=1).item() for s in states]
+    assert actions == one_by_one, "a batch acts as each state alone would: no batch statistics"
 
 
-def test_epsilon_greedy_explores_and_exploits():
+def test_epsilon_greedy_explores_and_exploits_in_one_forward_pass():
+    torch.manual_seed(0)
     net = DQN(40, 40, 7)
-    state = torch.rand(1, STACK_SIZE, 40, 40)
-    greedy = greedy_action(net, state)
+    calls = []
+    net.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    states = np.random.default_rng(1).integers(0, 256, (6, STACK_SIZE, 40, 40), dtype=np.uint8)
+    greedy = greedy_actions(net, states)
+    calls.clear()
     rng = random.Random(0)
-    assert {select_action(net, state, 0.0, 7, rng) for _ in range(20)} == {greedy}
-    assert {select_action(net, state, 1.0, 7, rng) for _ in range(300)} == set(range(7))
+    assert select_actions(net, states, 0.0, 7, rng) == greedy
+    assert calls == [6], "six states, one batched forward pass"
+    calls.clear()
+    explored = {a for _ in range(60) for a in select_actions(net, states, 1.0, 7, rng)}
+    assert explored == set(range(7)) and calls == [], "pure exploration needs no forward pass"
 
 
 def constant_q_network(values: list[float]) -> DQN:
@@ -140,13 +220,14 @@ def test_one_optimisation_step_against_hand_computed_targets():
     policy_net = constant_q_network([0.5, 1.0, 0.2, 3.0, 0.0, 0.0, 0.0])
     target_net = constant_q_network([0.1, 0.7, 0.3, 0.0, 0.0, 0.2, 0.4])
     target_net.eval()
-    memory = ReplayMemory(10, random.Random(0))
-    # (action, reward, terminal): next-state value 0.7 from the target net unless terminal
+    # One transition per stream, (action, reward, terminal): next-state value 0.7 from the target net unless terminal
     steps = [(0, 0.0, False), (1, 1.0, True), (2, 0.0, False), (3, 1.0, True)]
-    for action, reward, terminal in steps:
-        state = torch.rand(1, STACK_SIZE, 40, 40)
-        memory.push(state, torch.tensor([[action]]), None if terminal else torch.rand(1, STACK_SIZE, 40, 40),
-                    torch.tensor([reward]))
+    memory = ReplayMemory(8, num_streams=4, seed=0)
+    rng = np.random.default_rng(0)
+    for stream, (action, reward, terminal) in enumerate(steps):
+        stack = FrameStack()
+        state = stack.reset(random_frame(rng))
+        memory.push(state, action, None if terminal else stack.push(random_frame(rng)), reward, stream)
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
     bias_before = policy_net.head.bias.detach().clone()
 
@@ -165,15 +246,19 @@ def test_one_optimisation_step_against_hand_computed_targets():
     assert torch.equal(moved[4:], torch.zeros(3))
 
 
-def test_optimisation_waits_for_a_batch_and_copes_with_only_terminal_states():
+def test_optimisation_waits_for_a_batch_and_learns_from_terminal_rewards():
+    torch.manual_seed(0)
     policy_net, target_net = DQN(40, 40, 7), DQN(40, 40, 7)
+    target_net.eval()
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
-    memory = ReplayMemory(10, random.Random(0))
-    for _ in range(3):
-        memory.push(torch.rand(1, STACK_SIZE, 40, 40), torch.tensor([[0]]), None, torch.tensor([1.0]))
+    memory = ReplayMemory(10, seed=0)
+    rng = np.random.default_rng(5)
+    states = [FrameStack().reset(random_frame(rng)) for _ in range(4)]
+    for state in states[:3]:
+        memory.push(state, 0, None, 1.0)
     assert optimize_model(policy_net, target_net, optimizer, memory, batch_size=4, gamma=0.99) is None
-    memory.push(torch.rand(1, STACK_SIZE, 40, 40), torch.tensor([[0]]), None, torch.tensor([1.0]))
-    q = policy_net.train()(torch.cat([t.state for t in memory.memory])).gather(1, torch.zeros(4, 1, dtype=torch.long))
+    memory.push(states[3], 0, None, 1.0)
+    q = policy_net.train()(to_float(torch.from_numpy(np.stack(states))))[:, :1]
     expected = F.smooth_l1_loss(q, torch.ones(4, 1)).item()
     loss, _ = optimize_model(policy_net, target_net, optimizer, memory, batch_size=4, gamma=0.99)
     assert loss.item() == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,132 @@
+"""Environment workers: seeding, failures, and both scripts with --num-envs 2 on the real environment."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pybullet
+import pytest
+import torch
+
+from common import CHECKPOINT_KEYS, EnvPool, WorkerError, load_checkpoint, make_env, seed_everything, worker_seed
+from conftest import ROOT, read_events, run_script
+
+CPU = torch.device("cpu")
+FAST = ("--max-steps", "3", "--batch-size", "4", "--device", "cpu")
+
+
+def first_frames(seed: int) -> list[np.ndarray]:
+    """The first frame each of two workers sees after its first reset."""
+    with EnvPool(2, seed, is_test=False) as pool:
+        pool.reset(0)
+        pool.reset(1)
+        frames: dict[int, np.ndarray] = {}
+        while len(frames) < 2:
+            frames.update((index, frame) for index, frame, _, _ in pool.results())
+    return [frames[0], frames[1]]
+
+
+def test_workers_see_their_own_scenes_and_a_seed_repeats_them():
+    first = first_frames(seed=5)
+    again = first_frames(seed=5)
+    assert first[0].shape == (40, 40) and first[0].dtype == np.uint8
+    assert not np.array_equal(first[0], first[1]), "two workers of one run see different scenes"
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1]), "the same seed, the same scenes"
+    assert not np.array_equal(first_frames(seed=6)[0], first[0])
+
+
+def objects_in_scene(seed: int) -> list[str]:
+    """The names of the objects a worker with this seed finds in the tray at its first reset."""
+    seed_everything(seed)
+    env = make_env(is_test=False)
+    try:
+        env.reset()
+        return sorted(pybullet.getBodyInfo(uid)[1].decode() for uid in env._objectUids)
+    finally:
+        env.close()
+
+
+def test_worker_seeds_pick_different_objects():
+    seeds = [worker_seed(1, index) for index in range(4)]
+    assert len(set(seeds)) == 4 and seeds == [worker_seed(1, index) for index in range(4)]
+    assert worker_seed(2, 0) not in seeds
+    scenes = [objects_in_scene(seed) for seed in seeds]
+    assert all(len(scene) == 5 for scene in scenes)
+    assert len({tuple(scene) for scene in scenes}) > 1, scenes
+    assert objects_in_scene(seeds[0]) == scenes[0]
+
+
+def test_a_killed_worker_is_named_in_one_clear_error():
+    with EnvPool(2, 1, is_test=False) as pool:
+        pool.reset(0)
+        pool.reset(1)
+        replied: set[int] = set()
+        while len(replied) < 2:
+            replied.update(index for index, *_ in pool.results())
+        victim = pool.processes[1].pid
+        os.kill(victim, signal.SIGKILL)
+        pool.step(0, 0)
+        with pytest.raises(WorkerError, match=rf"^environment worker 1 \(pid {victim}\) died: killed by signal SIGKILL$"):
+            while True:
+                for index, *_ in pool.results():
+                    pool.step(index, 0)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The environment workers of process `pid`: its children started by multiprocessing's spawn."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+def test_training_and_evaluation_with_two_workers(workdir):
+    result = run_script("train", "--episodes", "6", "--num-envs", "2", "--logdir", "runs/p", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "with 2 environments" in result.stdout
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    assert state["episode"] == 6 and state["global_step"] >= 18
+    scalars, _ = read_events(workdir / "runs" / "p")
+    assert [step for step, _ in scalars["epsilon"]] == list(range(6))
+    assert all(value == 3 for _, value in scalars["episode_length"])
+    assert "loss" in scalars, "the learner trained while the workers collected"
+
+    result = run_script("eval", "--episodes", "3", "--num-envs", "2", "--device", "cpu",
+                        "--checkpoint", "policy_dqn.resume.pt", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines[:3]] == ["Episode: 1", "Episode: 2", "Episode: 3"]
+    assert all(line.split("reward: ")[1] in ("0", "1") for line in lines[:3])
+    assert lines[3].startswith("Success rate: ") and "/3 = " in lines[3] and len(lines) == 4
+
+
+def test_a_worker_killed_during_training_gives_one_line_and_keeps_the_state(workdir):
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", "1000", "--num-envs", "2",
+         "--logdir", "runs/k", *FAST],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((workdir / "runs" / "k").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # a few episodes into the loop
+        victim = worker_pids(process.pid)[1]
+        os.kill(victim, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+
+    assert process.returncode == 1, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert f"(pid {victim}) died: killed by signal SIGKILL" in lines[0]
+    assert "policy_dqn.resume.pt" in lines[0] and "--resume" in lines[0]
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    scalars, _ = read_events(workdir / "runs" / "k")
+    assert [step for step, _ in scalars["epsilon"]] == list(range(state["episode"]))
