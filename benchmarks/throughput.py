@@ -1,0 +1,145 @@
+"""How fast experience is collected and how much of that speed training keeps, for N = 1, 2, 4, ... workers.
+
+    python benchmarks/throughput.py                         # N up to the number of cores
+    python benchmarks/throughput.py --max-envs 16 --episodes-per-env 40 --device cuda
+
+For each N it measures, on this machine and in one run:
+  (a) raw collection: N environment workers with uniform random actions, no learning;
+  (b) training: `bullet_kuka_train.py --num-envs N`, the learner included;
+  (c) the lecture's one-environment loop, `bullet_kuka_train.py --num-envs 1`.
+With one environment the training loop *is* the lecture's loop, so (b) at N = 1 and (c) are one
+measurement. Each clock starts once the environments are up and stops at the last counted episode's
+end. Prints a Markdown table, then the replay memory's bytes per transition.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import timeit
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import EnvPool, ReplayMemory, positive_int, resolve_device  # noqa: E402
+
+THROUGHPUT_LINE = re.compile(r"Throughput: ([\d.]+) episodes/s, ([\d.]+) env steps/s, ([\d.]+) gradient steps/s")
+
+
+def env_counts(max_envs: int) -> list[int]:
+    """1, 2, 4, ... below max_envs, then max_envs itself."""
+    counts = [1]
+    while counts[-1] * 2 < max_envs:
+        counts.append(counts[-1] * 2)
+    if max_envs > 1:
+        counts.append(max_envs)
+    return counts
+
+
+def raw_collection(num_envs: int, episodes: int, seed: int) -> dict[str, float]:
+    """(a): episodes/s and env steps/s of `num_envs` workers under uniform random actions."""
+    rng = random.Random(seed)
+    with EnvPool(num_envs, seed, is_test=False) as pool:
+        start = timeit.default_timer()
+        for index in range(num_envs):
+            pool.reset(index)
+        resetting = set(range(num_envs))
+        finished = steps = 0
+        while finished < episodes:
+            for index, _frame, _reward, done in pool.results():
+                if index in resetting:
+                    resetting.remove(index)
+                else:
+                    steps += 1
+                    if done:
+                        finished += 1
+                        resetting.add(index)
+                        pool.reset(index)
+                        continue
+                pool.step(index, rng.randrange(pool.n_actions))
+        seconds = timeit.default_timer() - start
+    return {"episodes": finished / seconds, "steps": steps / seconds, "gradient_steps": 0.0}
+
+
+def training(num_envs: int, episodes: int, seed: int, device: str, folder: Path) -> dict[str, float]:
+    """(b) and (c): the training script's own throughput line for a run of `episodes` episodes."""
+    run = folder / f"train_{num_envs}"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", str(episodes), "--num-envs", str(num_envs),
+         "--device", device, "--seed", str(seed), "--checkpoint", str(run / "policy_dqn.pt"),
+         "--logdir", str(run / "logs")],
+        capture_output=True, text=True,
+    )
+    match = THROUGHPUT_LINE.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        sys.exit(f"training with --num-envs {num_envs} failed (exit {result.returncode}): "
+                 f"{result.stderr.strip().splitlines()[-1:] or result.stdout[-300:]}")
+    episodes_per_second, steps_per_second, gradient_steps_per_second = map(float, match.groups())
+    return {"episodes": episodes_per_second, "steps": steps_per_second, "gradient_steps": gradient_steps_per_second}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> str:
+    cpu = cpu_name()
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ", no GPU in use"
+    return (f"{os.cpu_count()} cores ({cpu}){gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
+            f"learner on {device.type}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-envs", type=positive_int, default=os.cpu_count(),
+                        help="largest N measured (default: the number of cores)")
+    parser.add_argument("--episodes-per-env", type=positive_int, default=40,
+                        help="episodes counted per measurement, per environment")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the learner's device")
+    parser.add_argument("--seed", type=int, default=1, help="seed of every measurement")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+
+    print(f"Machine: {machine(device)}")
+    print(f"Episodes counted per measurement: {args.episodes_per_env} x N\n")
+    print("| N | (a) raw episodes/s | (a) env steps/s | (b) train episodes/s | (b) env steps/s "
+          "| (b) gradient steps/s | (b)/(a) | (b)/(c) |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+    lecture = None
+    with tempfile.TemporaryDirectory() as folder:
+        for num_envs in env_counts(args.max_envs):
+            episodes = args.episodes_per_env * num_envs
+            raw = raw_collection(num_envs, episodes, args.seed)
+            trained = training(num_envs, episodes, args.seed, device.type, Path(folder))
+            lecture = lecture or trained
+            print(f"| {num_envs} | {raw['episodes']:.3f} | {raw['steps']:.2f} | {trained['episodes']:.3f} "
+                  f"| {trained['steps']:.2f} | {trained['gradient_steps']:.2f} "
+                  f"| {trained['episodes'] / raw['episodes']:.2f} | {trained['episodes'] / lecture['episodes']:.2f} |",
+                  flush=True)
+
+    lecture_bytes = 2 * 5 * 40 * 40 * 4
+    for streams in sorted({1, args.max_envs}):
+        memory = ReplayMemory(10_000, device, num_streams=streams)
+        print(f"\nReplay memory, capacity 10,000, {streams} stream{'s' if streams > 1 else ''}: "
+              f"{memory.nbytes / 1e6:.2f} MB allocated, {memory.nbytes / 10_000:.0f} bytes per transition "
+              f"(the lecture's two float stacks: {lecture_bytes:,} bytes)", end="")
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
