@@ -142,7 +142,7 @@ class Trainer:
     """
 
     def __init__(self, args: argparse.Namespace, n_actions: int, device: torch.device, seed: int,
-                 logdir: Path, resumed: Optional[dict[str, Any]], state_path: Path) -> None:
+                 resumed: Optional[dict[str, Any]], state_path: Path) -> None:
         self.args = args
         self.n_actions = n_actions
         self.rng = random.Random(seed)
@@ -182,7 +182,7 @@ class Trainer:
         self.losses: list[torch.Tensor] = []
         self.q_values: list[torch.Tensor] = []
 
-        self.writer = SummaryWriter(str(logdir))
+        self.writer = SummaryWriter(str(args.logdir))
         self.writer.add_text(
             "hyperparameters",
             "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
@@ -378,7 +378,7 @@ def train(args: argparse.Namespace) -> int:
         env = EnvPool(args.num_envs, seed, is_test=False, max_steps=args.max_steps)
         n_actions = env.n_actions
     try:
-        trainer = Trainer(args, n_actions, device, seed, args.logdir, resumed, state_path)
+        trainer = Trainer(args, n_actions, device, seed, resumed, state_path)
     except BaseException:
         env.close()
         raise
