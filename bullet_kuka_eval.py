@@ -37,8 +37,8 @@ from common import (
     wilson_interval,
 )
 
-Policy = Callable[[np.ndarray], list[int]]
-"""Actions for a batch of uint8 states."""
+Policy = Callable[[np.ndarray, list[int]], list[int]]
+"""Actions for a batch of uint8 states, and the indices of the environments they come from."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -63,14 +63,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def run_episodes(env: Any, policy: Policy, episodes: int) -> list[float]:
-    """One environment in this process, episode after episode; prints each reward as it comes."""
+    """One environment in this process, episode after episode, as in the lecture; prints each reward."""
     rewards = []
     for i_episode in range(episodes):
         frames = FrameStack()
         state = frames.reset(preprocess_frame(env.reset()))
         done = False
         while not done:
-            obs, reward, done, _ = env.step(policy(state[None])[0])
+            obs, reward, done, _ = env.step(policy(state[None], [0])[0])
             state = frames.push(preprocess_frame(obs))
         rewards.append(reward)
         print("Episode: {0:d}, reward: {1}".format(i_episode + 1, reward))
@@ -78,42 +78,48 @@ def run_episodes(env: Any, policy: Policy, episodes: int) -> list[float]:
 
 
 def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> list[float]:
-    """The episodes shared out over the workers, worker i taking every N-th, so that a seed fixes the scenes.
+    """The episodes shared out over the workers, worker i playing episodes i, i + N, ...; a seed fixes the scenes.
 
-    Episodes are numbered in the order they finish; waiting workers get one batched forward pass.
+    Waiting workers get one batched forward pass. Each episode is printed once it and all the
+    episodes before it are done, so the output is the same from run to run.
     """
     n = pool.num_envs
-    remaining = [episodes // n + (index < episodes % n) for index in range(n)]
+    queues = [list(range(index, episodes, n)) for index in range(n)]
+    playing: list[int] = [0] * n
     stacks = [FrameStack() for _ in range(n)]
     states: list[Optional[np.ndarray]] = [None] * n  # None: the worker is resetting
-    for index in range(n):
-        if remaining[index]:
-            remaining[index] -= 1
+
+    def start_next(index: int) -> None:
+        if queues[index]:
+            playing[index] = queues[index].pop(0)
+            states[index] = None
             pool.reset(index)
-    rewards: list[float] = []
-    while len(rewards) < episodes:
+
+    for index in range(n):
+        start_next(index)
+    rewards: dict[int, float] = {}
+    printed = 0
+    while printed < episodes:
         waiting = []
         for index, frame, reward, done in pool.results():
             if done:
-                rewards.append(reward)
-                print("Episode: {0:d}, reward: {1}".format(len(rewards), reward))
-                states[index] = None
-                if remaining[index]:
-                    remaining[index] -= 1
-                    pool.reset(index)
+                rewards[playing[index]] = reward
+                start_next(index)
                 continue
             states[index] = stacks[index].reset(frame) if states[index] is None else stacks[index].push(frame)
             waiting.append(index)
+        while printed in rewards:
+            print("Episode: {0:d}, reward: {1}".format(printed + 1, rewards[printed]))
+            printed += 1
         if waiting:
-            for index, action in zip(waiting, policy(np.stack([states[i] for i in waiting]))):
+            for index, action in zip(waiting, policy(np.stack([states[i] for i in waiting]), waiting)):
                 pool.step(index, action)
-    return rewards
+    return [rewards[i] for i in range(episodes)]
 
 
 def evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     seed_everything(args.seed)
-    rng = random.Random(args.seed)
 
     checkpoint = None
     if args.policy == "greedy":
@@ -132,14 +138,17 @@ def evaluate(args: argparse.Namespace) -> int:
         n_actions = env.n_actions
     try:
         if checkpoint is None:
-            def policy(states: np.ndarray) -> list[int]:
-                return [rng.randrange(n_actions) for _ in states]
+            # A generator per environment: the actions do not depend on the order the workers answer in.
+            rngs = [random.Random(args.seed + index) for index in range(args.num_envs)]
+
+            def policy(states: np.ndarray, indices: list[int]) -> list[int]:
+                return [rngs[index].randrange(n_actions) for index in indices]
         else:
             policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
             load_state(policy_net, checkpoint, "policy_net_state_dict", args.checkpoint)
             policy_net.eval()
 
-            def policy(states: np.ndarray) -> list[int]:
+            def policy(states: np.ndarray, indices: list[int]) -> list[int]:
                 return greedy_actions(policy_net, states)
 
         if args.num_envs == 1:

@@ -227,7 +227,8 @@ def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int
         pass  # the main process has gone; nothing is left to answer
     except Exception as error:
         with contextlib.suppress(OSError):
-            connection.send(("error", f"{type(error).__name__}: {error}"))
+            first_line = next(iter(str(error).splitlines()), "")
+            connection.send(("error", f"{type(error).__name__}: {first_line}"))
     finally:
         if env is not None:
             env.close()
@@ -260,7 +261,8 @@ class EnvPool:
                 child_end.close()
                 self.connections.append(parent_end)
                 self.processes.append(process)
-            self.n_actions: int = [self._receive(index)[1] for index in range(num_envs)][0]
+            ready = [self._receive(index) for index in range(num_envs)]  # each has built its environment
+            self.n_actions: int = ready[0][1]
         except BaseException:
             self.close()
             raise

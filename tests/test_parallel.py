@@ -77,6 +77,15 @@ def test_a_killed_worker_is_named_in_one_clear_error():
                     pool.step(index, 0)
 
 
+def test_an_error_inside_a_worker_comes_back_as_one_line():
+    with EnvPool(1, 1, is_test=False) as pool:
+        pool.reset(0)
+        pool.results()
+        pool.step(0, 99)  # the environment has 7 actions; its own code raises
+        with pytest.raises(WorkerError, match=r"^environment worker 0 failed: IndexError: [^\n]*$"):
+            pool.results()
+
+
 def worker_pids(pid: int) -> list[int]:
     """The environment workers of process `pid`: its children started by multiprocessing's spawn."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -103,6 +112,16 @@ def test_training_and_evaluation_with_two_workers(workdir):
     assert [line.split(",")[0] for line in lines[:3]] == ["Episode: 1", "Episode: 2", "Episode: 3"]
     assert all(line.split("reward: ")[1] in ("0", "1") for line in lines[:3])
     assert lines[3].startswith("Success rate: ") and "/3 = " in lines[3] and len(lines) == 4
+
+
+def test_evaluation_with_workers_repeats_itself(workdir):
+    args = ("eval", "--policy", "random", "--episodes", "6", "--num-envs", "2", "--seed", "3")
+    first, second = run_script(*args, cwd=workdir), run_script(*args, cwd=workdir)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout, "the same seed and --num-envs give the same episodes, in order"
+    lines = first.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines[:6]] == [f"Episode: {i}" for i in range(1, 7)]
+    assert "random policy on test objects" in lines[6]
 
 
 def test_a_worker_killed_during_training_gives_one_line_and_keeps_the_state(workdir):
