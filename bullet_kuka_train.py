@@ -54,6 +54,7 @@ from common import (
     seed_everything,
     seed_int,
     select_actions,
+    soft_update,
 )
 
 BEST_MODEL_AFTER_EPISODE = 100
@@ -76,6 +77,21 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--memory", type=positive_int, default=10000, help="replay memory capacity in transitions")
     parser.add_argument("--target-update", type=positive_int, default=1000,
                         help="copy the policy network into the target network every this many episodes")
+    sync = parser.add_mutually_exclusive_group()
+    sync.add_argument("--target-update-steps", type=positive_int, default=None,
+                      help="copy the target network every this many gradient steps of the run, instead of by episodes")
+    sync.add_argument("--tau", type=probability, default=None,
+                      help="Polyak averaging after every gradient step, target = tau * policy + (1 - tau) * target, "
+                           "instead of copies by episodes")
+    parser.add_argument("--double-dqn", action="store_true",
+                        help="Double DQN target: the policy network picks a', the target network values it")
+    parser.add_argument("--n-step", type=positive_int, default=1,
+                        help="bootstrap n steps on from the discounted rewards in between (lecture: 1); "
+                             "n >= --max-steps gives Monte Carlo returns")
+    parser.add_argument("--augment", action="store_true",
+                        help="random-shift augmentation of sampled states: pad 4 pixels, crop back at random")
+    parser.add_argument("--learning-starts", type=int, default=0,
+                        help="no gradient step before the memory holds this many transitions (lecture: one batch)")
     parser.add_argument("--eps-start", type=probability, default=0.9, help="epsilon at episode 0")
     parser.add_argument("--eps-end", type=probability, default=0.1, help="lowest epsilon")
     parser.add_argument("--eps-decay-last-frame", type=positive_int, default=10**4,
@@ -100,6 +116,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
     args = parser.parse_args(argv)
+    if args.learning_starts < 0:
+        parser.error(f"argument --learning-starts: must be 0 or more, got {args.learning_starts}")
     if args.memory < max(args.batch_size, args.num_envs):
         parser.error(f"argument --memory: must hold at least one batch ({args.batch_size}) and one transition "
                      f"per environment ({args.num_envs}), got {args.memory}")
@@ -213,13 +231,21 @@ class Trainer:
 
     def learn(self) -> None:
         """One call of the lecture's optimize_model; it does nothing until the memory holds a batch."""
+        args = self.args
         self.optimize_calls += 1
-        result = optimize_model(self.policy_net, self.target_net, self.optimizer, self.memory,
-                                self.args.batch_size, self.args.gamma)
-        if result is not None:
-            self.gradient_steps += 1
-            self.losses.append(result[0])
-            self.q_values.append(result[1])
+        if len(self.memory) < args.learning_starts:
+            return
+        result = optimize_model(self.policy_net, self.target_net, self.optimizer, self.memory, args.batch_size,
+                                args.gamma, n_step=args.n_step, double_dqn=args.double_dqn, augment=args.augment)
+        if result is None:
+            return
+        self.gradient_steps += 1
+        self.losses.append(result[0])
+        self.q_values.append(result[1])
+        if args.tau is not None:
+            soft_update(self.target_net, self.policy_net, args.tau)
+        elif args.target_update_steps is not None and self.gradient_steps % args.target_update_steps == 0:
+            self.target_net.load_state_dict(self.policy_net.state_dict())
 
     def seconds(self) -> float:
         return timeit.default_timer() - self.start_time
@@ -256,7 +282,7 @@ class Trainer:
         if (i_episode + 1) % 10 == 0:
             writer.add_scalar("ten episodes average rewards", self.ten_rewards / 10.0, i_episode)
             self.ten_rewards = 0.0
-        if i_episode % args.target_update == 0:
+        if i_episode % args.target_update == 0 and args.tau is None and args.target_update_steps is None:
             self.target_net.load_state_dict(self.policy_net.state_dict())
 
         self.progress.update(1)

@@ -452,29 +452,46 @@ class ReplayMemory:
         self._last_next_state[stream] = next_state
         self.pushed[stream] = step + 1
 
-    def sample(self, batch_size: int) -> Batch:
-        """`batch_size` distinct transitions drawn uniformly, gathered by index on the device."""
+    def sampleable(self, n_step: int = 1) -> int:
+        """Transitions `sample` can draw from: a stream's newest n_step - 1 wait for the steps after them."""
+        return int(np.maximum(np.minimum(self.pushed, self.shares) - (n_step - 1), 0).sum())
+
+    def sample(self, batch_size: int, n_step: int = 1, gamma: float = 1.0) -> Batch:
+        """`batch_size` distinct transitions drawn uniformly, gathered by index on the device.
+
+        With n_step > 1 each becomes an n-step transition: `reward` is the return
+        r_t + gamma r_t+1 + ... over n steps or up to the episode's end, `next_state` the state n
+        steps on, and `done` whether the episode ended within them. n_step = 1 is the lecture's.
+        """
         held = np.minimum(self.pushed, self.shares)
-        if batch_size > held.sum():
-            raise ValueError(f"cannot sample {batch_size} transitions from a memory holding {held.sum()}")
-        ends = np.cumsum(held)
+        ready = np.maximum(held - (n_step - 1), 0)
+        if batch_size > ready.sum():
+            raise ValueError(f"cannot sample {batch_size} transitions from a memory with {ready.sum()} ready")
+        ends = np.cumsum(ready)
         flat = self.rng.choice(ends[-1], size=batch_size, replace=False)
         stream = np.searchsorted(ends, flat, side="right")
-        step = self.pushed[stream] - held[stream] + flat - (ends - held)[stream]
+        step = self.pushed[stream] - held[stream] + flat - (ends - ready)[stream]
         slot = step % self.slots
+
+        ahead = (step[:, None] + np.arange(n_step)) % self.slots
+        dones = self.dones[stream[:, None], ahead]
+        before_end = np.cumprod(np.hstack((np.ones((batch_size, 1), bool), ~dones[:, :-1])), axis=1).astype(bool)
+        discounts = gamma ** np.arange(n_step)
+        rewards = (self.rewards[stream[:, None], ahead] * before_end * discounts).sum(axis=1).astype(np.float32)
+
         # Frames from before the episode's first step are replaced by its first frame, as in FrameStack.
         back = np.arange(STACK_SIZE - 1, -1, -1)
         first = self.episode_starts[stream, slot][:, None]
         state_steps = np.maximum(step[:, None] - back, first)
-        next_steps = np.maximum(step[:, None] + 1 - back, first)
+        next_steps = np.maximum(step[:, None] + n_step - back, first)
         index = torch.from_numpy(np.stack((state_steps, next_steps)) % self.slots).to(self.device)
         frames = self.frames[torch.from_numpy(stream).to(self.device)[:, None], index]
         return Batch(
             state=frames[0],
             action=torch.from_numpy(self.actions[stream, slot]).to(self.device),
             next_state=frames[1],
-            reward=torch.from_numpy(self.rewards[stream, slot]).to(self.device),
-            done=torch.from_numpy(self.dones[stream, slot]).to(self.device),
+            reward=torch.from_numpy(rewards).to(self.device),
+            done=torch.from_numpy((dones & before_end).any(axis=1)).to(self.device),
         )
 
     @property
@@ -533,18 +550,51 @@ def epsilon_by_episode(i_episode: int, eps_start: float, eps_end: float, decay_l
     return max(eps_end, eps_start - i_episode / decay_last_frame)
 
 
-def greedy_actions(policy_net: nn.Module, states: np.ndarray) -> list[int]:
-    """argmax_a Q(state, a) for a batch of uint8 states, in one forward pass.
+@contextlib.contextmanager
+def evaluating(net: nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients for the block: BatchNorm uses its running statistics, as when acting.
 
-    BatchNorm runs in eval mode (running statistics, not the batch's); the network's mode is restored.
+    The network's mode is restored afterwards.
     """
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        net.train(was_training)
+
+
+def greedy_actions(policy_net: nn.Module, states: np.ndarray) -> list[int]:
+    """argmax_a Q(state, a) for a batch of uint8 states, in one forward pass, in eval mode."""
     device = next(policy_net.parameters()).device
-    was_training = policy_net.training
-    policy_net.eval()
+    with evaluating(policy_net):
+        return policy_net(to_float(torch.from_numpy(states).to(device))).argmax(dim=1).tolist()
+
+
+def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random-shift augmentation (DrQ): pad by repeating the border, crop back at a random offset per image.
+
+    Float images (B, C, H, W) in, the same shape out; draws from torch's global generator.
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=images.device)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=images.device)
+    rows = torch.arange(h, device=images.device)[None, :, None] + dy
+    cols = torch.arange(w, device=images.device)[None, None, :] + dx
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
+
+
+def soft_update(target_net: nn.Module, policy_net: nn.Module, tau: float) -> None:
+    """Polyak averaging, target = tau * policy + (1 - tau) * target, BatchNorm's running statistics included."""
     with torch.no_grad():
-        actions = policy_net(to_float(torch.from_numpy(states).to(device))).argmax(dim=1).tolist()
-    policy_net.train(was_training)
-    return actions
+        for target, source in zip(target_net.state_dict().values(), policy_net.state_dict().values()):
+            if target.is_floating_point():
+                target.lerp_(source, tau)
+            else:
+                target.copy_(source)
 
 
 def select_actions(
@@ -563,21 +613,37 @@ def optimize_model(
     memory: ReplayMemory,
     batch_size: int,
     gamma: float,
+    n_step: int = 1,
+    double_dqn: bool = False,
+    augment: bool = False,
 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     """One gradient step on a sampled batch: Huber loss against r + gamma * max_a' Q_target(s', a').
 
-    A terminal next state is worth 0. Returns (loss, mean Q(s, a)) as detached tensors, or None
-    while the memory holds fewer than `batch_size` transitions.
+    A terminal next state is worth 0. The lecture's step is the default; the options are opt-in:
+    `n_step` bootstraps n steps on from the discounted return in between (gamma**n on the
+    next value); `double_dqn` lets the policy network pick a' and the target network value it;
+    `augment` shifts states and next states at random. Returns (loss, mean Q(s, a)) as detached
+    tensors, or None while the memory cannot yet give a batch.
     """
-    if len(memory) < batch_size:
+    if memory.sampleable(n_step) < batch_size:
         return None
-    batch = memory.sample(batch_size)
+    batch = memory.sample(batch_size, n_step, gamma)
+    state, next_state = to_float(batch.state), to_float(batch.next_state)
+    if augment:
+        state, next_state = random_shift(state), random_shift(next_state)
+
+    with torch.no_grad():
+        next_q = target_net(next_state)
+        if double_dqn:
+            with evaluating(policy_net):
+                next_action = policy_net(next_state).argmax(dim=1, keepdim=True)
+            next_state_values = next_q.gather(1, next_action).squeeze(1)
+        else:
+            next_state_values = next_q.max(dim=1).values
+    expected_state_action_values = batch.reward + gamma**n_step * next_state_values.masked_fill(batch.done, 0.0)
 
     policy_net.train()
-    state_action_values = policy_net(to_float(batch.state)).gather(1, batch.action.unsqueeze(1))
-    with torch.no_grad():
-        next_state_values = target_net(to_float(batch.next_state)).max(dim=1).values.masked_fill(batch.done, 0.0)
-    expected_state_action_values = batch.reward + gamma * next_state_values
+    state_action_values = policy_net(state).gather(1, batch.action.unsqueeze(1))
 
     loss = F.smooth_l1_loss(state_action_values, expected_state_action_values.unsqueeze(1))
     optimizer.zero_grad()

@@ -20,7 +20,9 @@ from common import (
     epsilon_by_episode,
     greedy_actions,
     optimize_model,
+    random_shift,
     select_actions,
+    soft_update,
     to_float,
     wilson_interval,
 )
@@ -215,12 +217,12 @@ def constant_q_network(values: list[float]) -> DQN:
     return net
 
 
-def test_one_optimisation_step_against_hand_computed_targets():
-    gamma = 0.99
-    policy_net = constant_q_network([0.5, 1.0, 0.2, 3.0, 0.0, 0.0, 0.0])
-    target_net = constant_q_network([0.1, 0.7, 0.3, 0.0, 0.0, 0.2, 0.4])
-    target_net.eval()
-    # One transition per stream, (action, reward, terminal): next-state value 0.7 from the target net unless terminal
+POLICY_Q = [0.5, 1.0, 0.2, 3.0, 0.0, 0.0, 0.0]  # argmax: action 3
+TARGET_Q = [0.1, 0.7, 0.3, 0.0, 0.0, 0.2, 0.4]  # max: 0.7, at the policy's argmax: 0.0
+
+
+def one_step_memory() -> ReplayMemory:
+    """Four one-step transitions, one per stream, as (action, reward, terminal)."""
     steps = [(0, 0.0, False), (1, 1.0, True), (2, 0.0, False), (3, 1.0, True)]
     memory = ReplayMemory(8, num_streams=4, seed=0)
     rng = np.random.default_rng(0)
@@ -228,6 +230,14 @@ def test_one_optimisation_step_against_hand_computed_targets():
         stack = FrameStack()
         state = stack.reset(random_frame(rng))
         memory.push(state, action, None if terminal else stack.push(random_frame(rng)), reward, stream)
+    return memory
+
+
+def test_one_optimisation_step_against_hand_computed_targets():
+    gamma = 0.99
+    policy_net, target_net = constant_q_network(POLICY_Q), constant_q_network(TARGET_Q)
+    target_net.eval()
+    memory = one_step_memory()
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
     bias_before = policy_net.head.bias.detach().clone()
 
@@ -244,6 +254,94 @@ def test_one_optimisation_step_against_hand_computed_targets():
     moved = policy_net.head.bias.detach() - bias_before
     assert moved[0] > 0 and moved[2] > 0 and moved[3] < 0 and moved[1] == 0
     assert torch.equal(moved[4:], torch.zeros(3))
+
+
+def test_double_dqn_target_takes_the_policy_argmax_and_the_target_value():
+    policy_net, target_net = constant_q_network(POLICY_Q), constant_q_network(TARGET_Q)
+    target_net.eval()
+    optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
+
+    loss, _ = optimize_model(policy_net, target_net, optimizer, one_step_memory(), batch_size=4, gamma=0.99,
+                             double_dqn=True)
+
+    # The policy picks a' = 3 in every next state, where the target network says 0.0 (not its max, 0.7):
+    # targets 0, 1, 0, 1 against Q(s, a) 0.5, 1.0, 0.2, 3.0 -> differences 0.5, 0, 0.2, 2
+    expected_loss = (0.5 * 0.5**2 + 0 + 0.5 * 0.2**2 + 1.5) / 4
+    assert loss.item() == pytest.approx(expected_loss, abs=1e-6)
+    assert policy_net.training, "picking a' in eval mode leaves the network in train mode"
+
+
+def states_of(transitions: list[tuple]) -> list[bytes]:
+    return [t[0].tobytes() for t in transitions]
+
+
+def sample_all(memory: ReplayMemory, n_step: int, gamma: float) -> dict[bytes, tuple]:
+    """Every ready transition, by the bytes of its state: (reward, done, next_state bytes)."""
+    batch = memory.sample(memory.sampleable(n_step), n_step, gamma)
+    return {batch.state[i].numpy().tobytes(): (batch.reward[i].item(), batch.done[i].item(),
+                                               batch.next_state[i].numpy().tobytes())
+            for i in range(len(batch.reward))}
+
+
+def test_n_step_returns_against_a_hand_worked_episode():
+    rng = np.random.default_rng(6)
+    episode = list(episodes(rng, [5]))
+    episode = [(s, a, ns, 1.0 if done else 0.0, done) for s, a, ns, _, done in episode]  # success at the end
+    after = list(episodes(rng, [3]))
+    after = [(s, a, ns, 1.0, done) for s, a, ns, _, done in after]  # a reward every step, to catch leaks
+    memory = ReplayMemory(20, seed=0)
+    push_streams(memory, [iter(episode + after)])
+    assert len(memory) == 8 and memory.sampleable(3) == 6, "the newest n - 1 wait for what follows them"
+
+    sampled = sample_all(memory, n_step=3, gamma=0.9)
+    states = states_of(episode)
+    # step 0: r0 + .9 r1 + .81 r2 = 0, bootstraps from the state of step 3; step 1 from step 4
+    assert sampled[states[0]] == (0.0, False, states[3])
+    assert sampled[states[1]] == (0.0, False, states[4])
+    # steps 2, 3, 4 reach the success at step 4 and stop there, nothing from the next episode: .81, .9, 1
+    assert sampled[states[2]][:2] == (pytest.approx(0.81), True)
+    assert sampled[states[3]][:2] == (pytest.approx(0.9), True)
+    assert sampled[states[4]][:2] == (1.0, True)
+    # the next episode's first transition: 1 + .9 + .81, and its episode ends within the 3 steps
+    assert sampled[states_of(after)[0]][:2] == (pytest.approx(2.71), True)
+
+
+def test_monte_carlo_returns_when_n_covers_the_episode():
+    rng = np.random.default_rng(7)
+    episode = [(s, a, ns, 1.0 if done else 0.0, done) for s, a, ns, _, done in episodes(rng, [6])]
+    memory = ReplayMemory(100, seed=0)
+    push_streams(memory, [iter(episode + list(episodes(rng, [7] * 4)))])
+    sampled = sample_all(memory, n_step=20, gamma=0.9)
+    for t, state in enumerate(states_of(episode)):
+        reward, done, _ = sampled[state]
+        assert reward == pytest.approx(0.9 ** (5 - t)) and done
+
+
+def test_random_shift_keeps_shapes_and_moves_pixels():
+    torch.manual_seed(0)
+    images = torch.rand(6, STACK_SIZE, 40, 40)
+    shifted = random_shift(images)
+    assert shifted.shape == images.shape and shifted.dtype == images.dtype
+    assert not torch.equal(shifted, images)
+    padded = F.pad(images, (4, 4, 4, 4), mode="replicate")
+    for i in range(6):  # each image is one crop of its padded self, the same shift for all its frames
+        crops = [padded[i, :, dy:dy + 40, dx:dx + 40] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(shifted[i], crop) for crop in crops)
+    assert torch.equal(random_shift(images, pad=0), images)
+
+
+def test_soft_update_averages_weights_and_running_statistics():
+    torch.manual_seed(0)
+    policy_net, target_net = DQN(40, 40, 7), DQN(40, 40, 7)
+    policy_net(torch.rand(4, STACK_SIZE, 40, 40))  # move BatchNorm's running statistics and counter
+    before = {k: v.clone() for k, v in target_net.state_dict().items()}
+    soft_update(target_net, policy_net, tau=0.25)
+    source = policy_net.state_dict()
+    for name, value in target_net.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.25 * source[name] + 0.75 * before[name]), name
+        else:
+            assert torch.equal(value, source[name]), name
 
 
 def test_optimisation_waits_for_a_batch_and_learns_from_terminal_rewards():

@@ -141,6 +141,28 @@ def test_a_new_run_never_replaces_an_existing_checkpoint(workdir):
     assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)["episode"] == 1
 
 
+@pytest.mark.parametrize("flags, synced_at_the_end", [
+    ((), False),  # the lecture: a copy at episode 0, before any gradient step, then none for 1,000 episodes
+    (("--target-update-steps", "1"), True),
+    (("--tau", "1.0"), True),
+])
+def test_target_network_sync_options(workdir, flags, synced_at_the_end):
+    result = run_script("train", "--episodes", "3", "--logdir", "runs/t", *FAST, *flags, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    policy, target = state["policy_net_state_dict"], state["target_net_state_dict"]
+    assert all(torch.equal(policy[name], target[name]) for name in policy) == synced_at_the_end
+
+
+def test_learning_starts_holds_back_gradient_steps(workdir):
+    result = run_script("train", "--episodes", "3", "--learning-starts", "100", "--logdir", "runs/l", *FAST,
+                        cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "env steps/s, 0.00 gradient steps/s" in result.stdout
+    scalars, _ = read_events(workdir / "runs" / "l")
+    assert "epsilon" in scalars and "loss" not in scalars
+
+
 def test_resume_without_a_saved_state_says_so(workdir):
     result = run_script("train", "--resume", *FAST, cwd=workdir)
     assert_one_line_error(result, "policy_dqn.resume.pt", "no such checkpoint file")
@@ -156,6 +178,9 @@ def test_resume_without_a_saved_state_says_so(workdir):
     ("train", ["--num-envs", "0"], "--num-envs"),
     ("train", ["--num-envs", "40", "--memory", "36"], "--memory"),
     ("train", ["--updates-per-step", "0"], "--updates-per-step"),
+    ("train", ["--learning-starts", "-1"], "--learning-starts"),
+    ("train", ["--tau", "0.1", "--target-update-steps", "5"], "--target-update-steps"),
+    ("train", ["--n-step", "0"], "--n-step"),
     ("eval", ["--episodes", "-1"], "--episodes"),
     ("eval", ["--objects", "kitchen"], "--objects"),
     ("eval", ["--num-envs", "-2"], "--num-envs"),
