@@ -1,0 +1,204 @@
+"""Learning curves: train one configuration and, every K episodes, measure its greedy success rate.
+
+    python benchmarks/learning.py lecture                                   # the lecture's defaults
+    python benchmarks/learning.py double-mc -- --double-dqn --n-step 20    # flags after -- go to training
+    python benchmarks/learning.py lecture --minutes 9                       # again, until the budget is done
+
+A configuration lives in benchmarks/results/NAME/: the run's checkpoints and TensorBoard logs,
+config.json (its training flags), learning.csv (one row per evaluation) and learning.png. Each
+evaluation plays the current policy greedily on --eval-episodes test-object and training-object
+episodes, with the same scenes every time (--eval-seed); the random policy is measured once the same
+way, as the line to beat. A call stops after --minutes and the next call continues where it stopped
+(training resumes from its saved state), so a long run can be done in pieces. Every call redraws
+benchmarks/results/learning.png with all configurations.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import timeit
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import positive_int, resume_path, wilson_interval  # noqa: E402
+
+FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
+SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
+
+
+class OutOfTime(Exception):
+    """This call's --minutes are spent; the next call goes on from here."""
+
+
+def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.CompletedProcess:
+    """Run a script until it ends or the deadline passes; then Ctrl-C it (training saves its state) or kill it."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=max(1.0, deadline - timeit.default_timer()))
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGINT if interrupt else signal.SIGKILL)
+        process.communicate(timeout=120)
+        raise OutOfTime from None
+    if process.returncode not in (0, 130):
+        last = (stderr.strip().splitlines() or ["(no message)"])[-1]
+        sys.exit(f"error: {Path(command[1]).name} exited with {process.returncode}: {last}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def saved_state(folder: Path) -> tuple[int, float]:
+    """Episodes trained and training seconds so far, from the run's resumable state."""
+    path = resume_path(folder / "policy_dqn.pt")
+    if not path.exists():
+        return 0, 0.0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state["episode"]), float(state["elapsed_seconds"])
+
+
+def evaluate(folder: Path, policy: str, objects: str, args: argparse.Namespace, deadline: float) -> dict:
+    command = [sys.executable, str(ROOT / "bullet_kuka_eval.py"), "--policy", policy, "--objects", objects,
+               "--episodes", str(args.eval_episodes), "--seed", str(args.eval_seed), "--num-envs", str(args.eval_envs),
+               "--device", args.eval_device, "--checkpoint", str(resume_path(folder / "policy_dqn.pt"))]
+    match = SUCCESS_LINE.search(run(command, deadline, interrupt=False).stdout)
+    successes, episodes = int(match.group(1)), int(match.group(2))
+    low, high = wilson_interval(successes, episodes)
+    episode, seconds = saved_state(folder) if policy == "greedy" else (0, 0.0)
+    return {"episode": episode, "train_seconds": round(seconds, 1), "policy": policy, "objects": objects,
+            "successes": successes, "episodes": episodes, "rate": successes / episodes,
+            "ci_low": round(low, 4), "ci_high": round(high, 4)}
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def append_row(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def plot(results: Path, out: Path, names: list[str]) -> None:
+    """Greedy success against episodes and against training hours, one colour per configuration."""
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    random_rates = []
+    for colour, name in enumerate(names):
+        rows = read_rows(results / name / "learning.csv")
+        random_rates += [float(r["rate"]) for r in rows if r["policy"] == "random" and r["objects"] == "test"]
+        for objects, style in (("test", "-o"), ("train", ":s")):
+            points = [r for r in rows if r["policy"] == "greedy" and r["objects"] == objects]
+            if not points:
+                continue
+            rate = [100 * float(r["rate"]) for r in points]
+            error = [[100 * (float(r["rate"]) - float(r["ci_low"])) for r in points],
+                     [100 * (float(r["ci_high"]) - float(r["rate"])) for r in points]]
+            for axis, x in ((axes[0], [int(r["episode"]) for r in points]),
+                            (axes[1], [float(r["train_seconds"]) / 3600 for r in points])):
+                axis.errorbar(x, rate, yerr=error, fmt=style, color=f"C{colour}", capsize=3, markersize=4,
+                              label=f"{name}, {objects} objects")
+    for axis, label in zip(axes, ("training episodes", "training hours (wall clock)")):
+        if random_rates:
+            axis.axhline(100 * sum(random_rates) / len(random_rates), color="grey", linestyle="--",
+                         label="random policy, test objects")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("greedy success rate, % (95% CI)")
+    axes[0].set_ylim(0, 100)
+    axes[1].legend(loc="lower right", fontsize=8)
+    figure.suptitle("KUKA grasping: greedy success during training")
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    train_flags = argv[argv.index("--") + 1:] if "--" in argv else None
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="the configuration's folder under --results")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="where the configurations' folders and the combined plot go")
+    parser.add_argument("--episodes", type=positive_int, default=3000, help="training episodes in all")
+    parser.add_argument("--eval-every", type=positive_int, default=250, help="evaluate every this many episodes")
+    parser.add_argument("--eval-episodes", type=positive_int, default=100, help="episodes per object set")
+    parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the evaluation scenes")
+    parser.add_argument("--eval-envs", type=positive_int, default=os.cpu_count(), help="evaluation workers")
+    parser.add_argument("--eval-device", choices=("auto", "cpu", "cuda"), default="auto", help="evaluation device")
+    parser.add_argument("--minutes", type=float, default=9.0, help="stop after this long; call again to go on")
+    args = parser.parse_args(own)
+    if not re.fullmatch(r"[\w.-]+", args.name):
+        parser.error(f"argument name: letters, digits, '.', '-' and '_' only, got {args.name!r}")
+
+    deadline = timeit.default_timer() + 60 * args.minutes
+    folder = args.results / args.name
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path, csv_path = folder / "config.json", folder / "learning.csv"
+    if config_path.exists():
+        stored = json.loads(config_path.read_text())["train_flags"]
+        if train_flags is not None and train_flags != stored:
+            parser.error(f"{config_path} holds training flags {stored}; pass the same, none, or another name")
+        train_flags = stored
+    else:
+        train_flags = train_flags or []
+        config_path.write_text(json.dumps({"train_flags": train_flags}, indent=1) + "\n")
+
+    try:
+        done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(csv_path)}
+        for objects in ("test", "train"):
+            if ("random", objects, 0) not in done:
+                append_row(csv_path, evaluate(folder, "random", objects, args, deadline))
+        while True:
+            episode, _ = saved_state(folder)
+            if episode > 0 and (episode % args.eval_every == 0 or episode >= args.episodes):
+                for objects in ("test", "train"):
+                    if ("greedy", objects, episode) not in done:
+                        row = evaluate(folder, "greedy", objects, args, deadline)
+                        append_row(csv_path, row)
+                        done.add(("greedy", objects, episode))
+                        print(f"{args.name}: episode {episode}, {objects} objects: {row['successes']}/"
+                              f"{row['episodes']} ({100 * row['rate']:.0f}%)", flush=True)
+            if episode >= args.episodes:
+                print(f"{args.name}: all {args.episodes} episodes trained and evaluated")
+                break
+            target = min(args.episodes, (episode // args.eval_every + 1) * args.eval_every)
+            command = [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--solve-score", "101",
+                       "--checkpoint", str(folder / "policy_dqn.pt"), "--logdir", str(folder / "logs"),
+                       *train_flags, "--episodes", str(target)]
+            if resume_path(folder / "policy_dqn.pt").exists():
+                command.append("--resume")
+            run(command, deadline, interrupt=True)
+            if saved_state(folder)[0] < target:
+                print(f"{args.name}: training ended at episode {saved_state(folder)[0]}, before {target}: "
+                      "its solve condition was met")
+                break
+    except OutOfTime:
+        print(f"{args.name}: out of time at episode {saved_state(folder)[0]}; call again to go on")
+    names = sorted(p.parent.name for p in args.results.glob("*/learning.csv"))
+    plot(args.results, args.results / "learning.png", names)
+    plot(args.results, folder / "learning.png", [args.name])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

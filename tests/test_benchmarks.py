@@ -1,0 +1,48 @@
+"""The learning benchmark end to end on a tiny budget, in two pieces, as a long run would go."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from conftest import ROOT
+
+TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
+TRAIN = ("--", "--max-steps", "3", "--batch-size", "4", "--device", "cpu")
+
+
+def learning(results: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "tiny", "--results",
+                           str(results), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
+    first = learning(tmp_path, "--episodes", "2", "--minutes", "0.3", *TINY, *TRAIN)
+    assert first.returncode == 0, first.stderr
+    second = learning(tmp_path, "--episodes", "3", *TINY)  # no flags: the stored ones are used
+    assert second.returncode == 0, second.stderr
+    assert "all 3 episodes trained and evaluated" in second.stdout
+
+    folder = tmp_path / "tiny"
+    assert json.loads((folder / "config.json").read_text())["train_flags"] == list(TRAIN[1:])
+    with open(folder / "learning.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    measured = sorted((r["policy"], r["objects"], int(r["episode"])) for r in rows)
+    expected = sorted([("random", o, 0) for o in ("test", "train")]
+                      + [("greedy", o, e) for o in ("test", "train") for e in (1, 2, 3)])
+    assert measured == expected, "every evaluation once, whichever piece it fell in"
+    for row in rows:
+        assert row["episodes"] == "2" and 0 <= int(row["successes"]) <= 2
+        assert float(row["ci_low"]) <= float(row["rate"]) <= float(row["ci_high"])
+    greedy = [r for r in rows if r["policy"] == "greedy"]
+    assert all(float(r["train_seconds"]) > 0 for r in greedy)
+    for png in (folder / "learning.png", tmp_path / "learning.png"):
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.size[0] > 500
+
+    other = learning(tmp_path, "--episodes", "3", *TINY, "--", "--double-dqn")
+    assert other.returncode != 0 and "holds training flags" in other.stderr
