@@ -45,14 +45,23 @@ class OutOfTime(Exception):
 
 
 def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.CompletedProcess:
-    """Run a script until it ends or the deadline passes; then Ctrl-C it (training saves its state) or kill it."""
+    """Run a script until it ends or the deadline passes; then Ctrl-C it (training saves its state) or kill it.
+
+    The child gets SIGINT's default action even if this process was started with it ignored
+    (nohup, a background job), or the Ctrl-C would not reach it.
+    """
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         stdout, stderr = process.communicate(timeout=max(1.0, deadline - timeit.default_timer()))
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGINT if interrupt else signal.SIGKILL)
-        process.communicate(timeout=120)
+        try:
+            process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
         raise OutOfTime from None
     if process.returncode not in (0, 130):
         last = (stderr.strip().splitlines() or ["(no message)"])[-1]

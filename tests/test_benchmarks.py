@@ -3,21 +3,24 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from PIL import Image
 
+from common import load_checkpoint, resume_path
 from conftest import ROOT
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
 TRAIN = ("--", "--max-steps", "3", "--batch-size", "4", "--device", "cpu")
 
 
-def learning(results: Path, *args: str) -> subprocess.CompletedProcess:
+def learning(results: Path, *args: str, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "tiny", "--results",
-                           str(results), *args], capture_output=True, text=True, timeout=600)
+                           str(results), *args], capture_output=True, text=True, timeout=timeout, **popen)
 
 
 def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
@@ -46,3 +49,15 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
 
     other = learning(tmp_path, "--episodes", "3", *TINY, "--", "--double-dqn")
     assert other.returncode != 0 and "holds training flags" in other.stderr
+
+
+def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
+    # Started as nohup or a background job starts it, with SIGINT ignored: the Ctrl-C must still
+    # reach the training, which saves its state, well before the 120 s the piece would wait otherwise.
+    result = learning(tmp_path, "--episodes", "1000", "--minutes", "0.5", "--eval-episodes", "1", "--eval-envs", "1",
+                      "--eval-device", "cpu", *TRAIN, timeout=90,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert result.returncode == 0, result.stderr
+    assert "out of time at episode" in result.stdout and "call again to go on" in result.stdout
+    state = load_checkpoint(resume_path(tmp_path / "tiny" / "policy_dqn.pt"), torch.device("cpu"), ("episode",))
+    assert 0 < state["episode"] < 1000, "training ran, was stopped, and saved where it was"
