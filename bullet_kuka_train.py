@@ -42,6 +42,7 @@ from common import (
     load_state,
     make_env,
     networks_state,
+    non_negative_int,
     optimize_model,
     positive_float,
     positive_int,
@@ -90,7 +91,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                              "n >= --max-steps gives Monte Carlo returns")
     parser.add_argument("--augment", action="store_true",
                         help="random-shift augmentation of sampled states: pad 4 pixels, crop back at random")
-    parser.add_argument("--learning-starts", type=int, default=0,
+    parser.add_argument("--learning-starts", type=non_negative_int, default=0,
                         help="no gradient step before the memory holds this many transitions (lecture: one batch)")
     parser.add_argument("--eps-start", type=probability, default=0.9, help="epsilon at episode 0")
     parser.add_argument("--eps-end", type=probability, default=0.1, help="lowest epsilon")
@@ -116,8 +117,6 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
     args = parser.parse_args(argv)
-    if args.learning_starts < 0:
-        parser.error(f"argument --learning-starts: must be 0 or more, got {args.learning_starts}")
     if args.memory < max(args.batch_size, args.num_envs):
         parser.error(f"argument --memory: must hold at least one batch ({args.batch_size}) and one transition "
                      f"per environment ({args.num_envs}), got {args.memory}")
