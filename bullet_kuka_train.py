@@ -188,6 +188,7 @@ class Trainer:
             self.ten_rewards = resumed["ten_rewards"]
             self.global_step = resumed["global_step"]
             self.earlier_seconds = resumed["elapsed_seconds"]
+            self.memory_note = self._restore_memory(resumed.get("replay_memory"))
         self.start_episode = self.completed
         self.mean_reward = float(np.mean(self.total_rewards[-100:]) * 100) if self.total_rewards else 0.0
         self.solved = False
@@ -206,6 +207,16 @@ class Trainer:
         )
         self.progress = tqdm(total=args.episodes, initial=self.completed, unit="ep", disable=None, dynamic_ncols=True)
         self.start_time = timeit.default_timer()
+
+    def _restore_memory(self, saved: Optional[dict[str, Any]]) -> str:
+        """Refill the replay memory from a resumed state, when it fits this run's --memory and --num-envs."""
+        if saved is None:
+            return "replay memory starts empty: the state holds none"
+        try:
+            self.memory.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError, RuntimeError) as error:
+            return f"replay memory starts empty: {error}"
+        return f"replay memory restored: {len(self.memory)} transitions"
 
     @property
     def finished(self) -> bool:
@@ -305,6 +316,7 @@ class Trainer:
             "global_step": self.global_step,
             "logdir": str(self.args.logdir),
             "elapsed_seconds": self.earlier_seconds + self.seconds(),
+            "replay_memory": self.memory.state_dict(),
         }
 
 
@@ -408,7 +420,7 @@ def train(args: argparse.Namespace) -> int:
         env.close()
         raise
     if resumed:
-        tqdm.write(f"Resuming from {state_path} at episode {start_episode} (replay memory starts empty)")
+        tqdm.write(f"Resuming from {state_path} at episode {start_episode} ({trainer.memory_note})")
 
     failure: Optional[WorkerError] = None
     interrupted = False

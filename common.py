@@ -428,6 +428,8 @@ class ReplayMemory:
         self.episode_starts = np.zeros((num_streams, self.slots), dtype=np.int64)
         """Step number, within its stream, of the first transition of each transition's episode."""
         self.pushed = np.zeros(num_streams, dtype=np.int64)
+        self.oldest = np.zeros(num_streams, dtype=np.int64)
+        """Step number of each stream's oldest transition still held."""
         self._last_next_state: list[Optional[np.ndarray]] = [None] * num_streams
         self._episode_start = np.zeros(num_streams, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
@@ -459,10 +461,11 @@ class ReplayMemory:
         self.episode_starts[stream, slot] = self._episode_start[stream]
         self._last_next_state[stream] = next_state
         self.pushed[stream] = step + 1
+        self.oldest[stream] = max(self.oldest[stream], step + 1 - self.shares[stream])
 
     def sampleable(self, n_step: int = 1) -> int:
         """Transitions `sample` can draw from: a stream's newest n_step - 1 wait for the steps after them."""
-        return int(np.maximum(np.minimum(self.pushed, self.shares) - (n_step - 1), 0).sum())
+        return int(np.maximum(self.pushed - self.oldest - (n_step - 1), 0).sum())
 
     def sample(self, batch_size: int, n_step: int = 1, gamma: float = 1.0) -> Batch:
         """`batch_size` distinct transitions drawn uniformly, gathered by index on the device.
@@ -471,14 +474,13 @@ class ReplayMemory:
         r_t + gamma r_t+1 + ... over n steps or up to the episode's end, `next_state` the state n
         steps on, and `done` whether the episode ended within them. n_step = 1 is the lecture's.
         """
-        held = np.minimum(self.pushed, self.shares)
-        ready = np.maximum(held - (n_step - 1), 0)
+        ready = np.maximum(self.pushed - self.oldest - (n_step - 1), 0)
         if batch_size > ready.sum():
             raise ValueError(f"cannot sample {batch_size} transitions from a memory with {ready.sum()} ready")
         ends = np.cumsum(ready)
         flat = self.rng.choice(ends[-1], size=batch_size, replace=False)
         stream = np.searchsorted(ends, flat, side="right")
-        step = self.pushed[stream] - held[stream] + flat - (ends - ready)[stream]
+        step = self.oldest[stream] + flat - (ends - ready)[stream]
         slot = step % self.slots
 
         ahead = (step[:, None] + np.arange(n_step)) % self.slots
@@ -502,13 +504,37 @@ class ReplayMemory:
             done=torch.from_numpy((dones & before_end).any(axis=1)).to(self.device),
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on sampling the same transitions: tensors and plain data only.
+
+        A stream's unfinished episode is left out (its environment starts a new one on resume),
+        so that no transition bootstraps into the next episode.
+        """
+        unfinished = np.array([state is not None for state in self._last_next_state])
+        pushed = np.where(unfinished, self._episode_start, self.pushed)
+        arrays = dict(actions=self.actions, rewards=self.rewards, dones=self.dones,
+                      episode_starts=self.episode_starts, pushed=pushed, oldest=np.minimum(self.oldest, pushed))
+        return {"frames": self.frames.cpu(), **{key: torch.from_numpy(value.copy()) for key, value in arrays.items()},
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take over a `state_dict` saved by a memory of the same capacity and number of streams."""
+        if tuple(state["frames"].shape) != tuple(self.frames.shape):
+            raise ValueError(f"saved for {state['frames'].shape[0]} stream(s) of {state['frames'].shape[1]} slots, "
+                             f"not {self.frames.shape[0]} of {self.frames.shape[1]}")
+        self.frames.copy_(state["frames"])
+        for key in ("actions", "rewards", "dones", "episode_starts", "pushed", "oldest"):
+            getattr(self, key)[...] = state[key].numpy()
+        self.rng.bit_generator.state = state["rng"]
+        self._last_next_state = [None] * len(self._last_next_state)
+
     @property
     def nbytes(self) -> int:
         """Bytes the memory holds, allocated in full up front."""
         return self.frames.nbytes + sum(a.nbytes for a in (self.actions, self.rewards, self.dones, self.episode_starts))
 
     def __len__(self) -> int:
-        return int(np.minimum(self.pushed, self.shares).sum())
+        return int((self.pushed - self.oldest).sum())
 
 
 # ---------------------------------------------------------------------------

@@ -157,6 +157,34 @@ def test_replay_memory_refuses_a_state_that_does_not_continue_its_stream():
         ReplayMemory(10).push(next_state, action, None, reward)
 
 
+def test_replay_memory_state_resumes_without_the_unfinished_episodes(tmp_path):
+    """A resumed run gets back every finished episode still held, and nothing of an unfinished one."""
+    rng = np.random.default_rng(4)
+    first = list(episodes(rng, [4, 6, 5]))   # its last episode is cut after 2 steps
+    second = list(episodes(rng, [3, 9, 7]))  # wrapped around, its last episode cut after 6 steps
+    first, second = first[:12], second[:18]
+    memory = ReplayMemory(16, num_streams=2, seed=0)
+    push_streams(memory, [iter(first), iter(second)])
+    path = tmp_path / "memory.pt"
+    torch.save(memory.state_dict(), path)
+
+    restored = ReplayMemory(16, num_streams=2, seed=0)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    # Each stream's share is 8 transitions. The first held steps 4-11; its cut episode (steps
+    # 10-11) goes. The second held steps 10-17, of which the cut episode took the last 6.
+    expected = first[4:10] + second[10:12]
+    assert len(restored) == len(expected) == 8
+    assert sorted(sampled_keys(restored, 8)) == sorted(key(*t) for t in expected)
+    assert all(t[4] for t in (first[9], second[11])), "each stream ends with a finished episode"
+
+    # New episodes follow on in each stream, as after a reset of its environment.
+    fresh = list(episodes(rng, [2]))
+    push_streams(restored, [iter(fresh), iter([])])
+    assert sorted(sampled_keys(restored, 10)) == sorted(key(*t) for t in expected + fresh)
+    with pytest.raises(ValueError, match="saved for 2 stream"):
+        ReplayMemory(16, num_streams=4).load_state_dict(memory.state_dict())
+
+
 def test_replay_sampling_follows_its_seed():
     rng = np.random.default_rng(4)
     transitions = list(episodes(rng, [7] * 8))

@@ -66,7 +66,7 @@ def test_eval_before_a_best_model_points_to_the_latest_policy(run_dir):
 def test_resume_continues_the_episode_count_and_saves_the_best_model(run_dir):
     result = run_script("train", "--resume", "--episodes", "12", *FAST, cwd=run_dir)
     assert result.returncode == 0, result.stderr
-    assert "Resuming from policy_dqn.resume.pt at episode 10" in result.stdout
+    assert "Resuming from policy_dqn.resume.pt at episode 10 (replay memory restored: 30 transitions)" in result.stdout
     scalars, _ = read_events(run_dir / "runs" / "a")
     assert [step for step, _ in scalars["epsilon"]] == list(range(12))
     assert load_checkpoint(run_dir / "policy_dqn.resume.pt", CPU, ())["episode"] == 12
