@@ -9,7 +9,7 @@ config.json (its training flags), learning.csv (one row per evaluation) and lear
 evaluation plays the current policy greedily on --eval-episodes test-object and training-object
 episodes, with the same scenes every time (--eval-seed); the random policy is measured once the same
 way, as the line to beat. A call stops after --minutes and the next call continues where it stopped
-(training resumes from its saved state), so a long run can be done in pieces. Every call redraws
+(training resumes from its saved state, replay memory included), so a long run can be done in pieces. Every call redraws
 benchmarks/results/learning.png with all configurations.
 """
 from __future__ import annotations
@@ -56,17 +56,25 @@ def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.Comp
     try:
         stdout, stderr = process.communicate(timeout=max(1.0, deadline - timeit.default_timer()))
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGINT if interrupt else signal.SIGKILL)
-        try:
-            process.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+        stop(process, interrupt)
         raise OutOfTime from None
+    except KeyboardInterrupt:  # the child has its own session: pass the Ctrl-C on, and wait for it
+        stop(process, interrupt)
+        raise
     if process.returncode not in (0, 130):
         last = (stderr.strip().splitlines() or ["(no message)"])[-1]
         sys.exit(f"error: {Path(command[1]).name} exited with {process.returncode}: {last}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def stop(process: subprocess.Popen, interrupt: bool) -> None:
+    """Ctrl-C the child's session (training saves its state) or kill it; kill it if it has not ended in 120 s."""
+    os.killpg(process.pid, signal.SIGINT if interrupt else signal.SIGKILL)
+    try:
+        process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 def saved_state(folder: Path) -> tuple[int, float]:
@@ -203,6 +211,9 @@ def main() -> int:
                 break
     except OutOfTime:
         print(f"{args.name}: out of time at episode {saved_state(folder)[0]}; call again to go on")
+    except KeyboardInterrupt:
+        print(f"{args.name}: interrupted at episode {saved_state(folder)[0]}; call again to go on", file=sys.stderr)
+        return 130
     names = sorted(p.parent.name for p in args.results.glob("*/learning.csv"))
     plot(args.results, args.results / "learning.png", names)
     plot(args.results, folder / "learning.png", [args.name])
