@@ -3,6 +3,7 @@
     python bullet_kuka_eval.py                          # policy_dqn.pt, 10 episodes on test objects
     python bullet_kuka_eval.py --episodes 100 --objects train
     python bullet_kuka_eval.py --policy random --episodes 100 --num-envs 4
+    python bullet_kuka_eval.py --episodes 3 --gif grasp.gif    # the scene and the network's view
 
 Prints each episode's reward as the lecture does, then the success rate with its 95% interval.
 """
@@ -20,15 +21,19 @@ from common import (
     DQN,
     SCREEN_SIZE,
     EnvPool,
+    EpisodeRecorder,
     FrameStack,
     OneLineArgumentParser,
     UsageError,
+    check_writable_folder,
+    display_problem,
     greedy_actions,
     load_checkpoint,
     load_state,
     make_env,
     positive_int,
     preprocess_frame,
+    render_scene,
     report_errors,
     resolve_device,
     resume_path,
@@ -59,19 +64,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="seed of the scenes; the same seed and --num-envs show every policy the same objects")
     parser.add_argument("--checkpoint", type=Path, default=Path("policy_dqn.pt"),
                         help="checkpoint holding 'policy_net_state_dict' (ignored with --policy random)")
-    return parser.parse_args(argv)
+    parser.add_argument("--gif", type=Path, default=None,
+                        help="record the episodes into this animated GIF: a 256x256 view of the scene beside "
+                             "the network's 40x40 frame, with step, action and outcome; needs no display")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --gif file if it exists")
+    parser.add_argument("--render", action="store_true", help="watch the episodes in the PyBullet GUI (needs a display)")
+    args = parser.parse_args(argv)
+    if (args.gif is not None or args.render) and args.num_envs > 1:
+        flag = "--gif" if args.gif is not None else "--render"
+        parser.error(f"argument {flag}: works with the episodes played in this process; use --num-envs 1")
+    if args.gif is not None and args.gif.suffix.lower() != ".gif":
+        parser.error(f"argument --gif: the file name must end in .gif, got {args.gif}")
+    return args
 
 
-def run_episodes(env: Any, policy: Policy, episodes: int) -> list[float]:
-    """One environment in this process, episode after episode, as in the lecture; prints each reward."""
+def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[EpisodeRecorder] = None) -> list[float]:
+    """One environment in this process, episode after episode, as in the lecture; prints each reward.
+
+    A recorder gets the scene and the network's frame after the reset and after every step.
+    """
     rewards = []
     for i_episode in range(episodes):
         frames = FrameStack()
-        state = frames.reset(preprocess_frame(env.reset()))
-        done = False
+        frame = preprocess_frame(env.reset())
+        state = frames.reset(frame)
+        if recorder is not None:
+            recorder.start(render_scene(env, recorder.size), frame)
+        done, step = False, 0
         while not done:
-            obs, reward, done, _ = env.step(policy(state[None], [0])[0])
-            state = frames.push(preprocess_frame(obs))
+            action = policy(state[None], [0])[0]
+            obs, reward, done, _ = env.step(action)
+            step += 1
+            frame = preprocess_frame(obs)
+            state = frames.push(frame)
+            if recorder is not None:
+                recorder.step(render_scene(env, recorder.size), frame, step, action, reward, done)
         rewards.append(reward)
         print("Episode: {0:d}, reward: {1}".format(i_episode + 1, reward))
     return rewards
@@ -121,6 +148,13 @@ def evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     seed_everything(args.seed)
 
+    if args.render and (problem := display_problem()):
+        raise UsageError(f"--render: {problem}; evaluate without it, or record the episodes with --gif out.gif")
+    if args.gif is not None:
+        if args.gif.exists() and not args.overwrite:
+            raise UsageError(f"--gif {args.gif}: the file exists; pass --overwrite to replace it, or another name")
+        check_writable_folder(args.gif.parent, "--gif")
+
     checkpoint = None
     if args.policy == "greedy":
         latest = resume_path(args.checkpoint)
@@ -131,11 +165,12 @@ def evaluate(args: argparse.Namespace) -> int:
 
     is_test = args.objects == "test"
     if args.num_envs == 1:
-        env = make_env(is_test=is_test, max_steps=args.max_steps)
+        env = make_env(is_test=is_test, max_steps=args.max_steps, renders=args.render)
         n_actions = env.action_space.n
     else:
         env = EnvPool(args.num_envs, args.seed, is_test=is_test, max_steps=args.max_steps)
         n_actions = env.n_actions
+    recorder = EpisodeRecorder() if args.gif is not None else None
     try:
         if checkpoint is None:
             # A generator per environment: the actions do not depend on the order the workers answer in.
@@ -152,11 +187,15 @@ def evaluate(args: argparse.Namespace) -> int:
                 return greedy_actions(policy_net, states)
 
         if args.num_envs == 1:
-            rewards = run_episodes(env, policy, args.episodes)
+            rewards = run_episodes(env, policy, args.episodes, recorder)
         else:
             rewards = run_episodes_in_parallel(env, policy, args.episodes)
     finally:
         env.close()
+    if recorder is not None:
+        recorder.save_gif(args.gif)
+        print(f"Recorded {len(recorder.frames)} frames of {args.episodes} episode{'s' if args.episodes > 1 else ''} "
+              f"in {args.gif}")
 
     successes = int(sum(rewards))
     low, high = wilson_interval(successes, args.episodes)

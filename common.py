@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import math
 import multiprocessing
@@ -18,6 +20,7 @@ import re
 import secrets
 import signal
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections import deque, namedtuple
@@ -29,12 +32,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 STACK_SIZE = 5
 """Consecutive screens in one state, as in the lecture."""
 SCREEN_SIZE = 40
 """Side of the square grayscale screen the network sees."""
+ACTION_NAMES = ("stay", "x-", "x+", "y-", "y+", "turn-", "turn+")
+"""The 7 discrete actions of the environment with the height hack: the gripper descends with each."""
 CHECKPOINT_KEYS = ("policy_net_state_dict", "target_net_state_dict", "optimizer_policy_net_state_dict")
 """The lecture's checkpoint keys; checkpoints written here always carry them."""
 
@@ -195,15 +200,52 @@ def _grasp_env_class() -> type:
     return KukaGraspEnv
 
 
-def make_env(is_test: bool, max_steps: int = 20) -> Any:
+def display_problem() -> Optional[str]:
+    """Why the PyBullet GUI cannot open here, or None when it can.
+
+    On Linux the GUI needs an X display; without one, pybullet ends the whole process with
+    "cannot connect to X server", so the display is opened once through Xlib beforehand.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    name = os.environ.get("DISPLAY")
+    if not name:
+        return "no display to open the PyBullet GUI in (DISPLAY is not set)"
+    library = ctypes.util.find_library("X11")
+    if library is None:
+        return "the PyBullet GUI needs libX11, which is not installed"
+    xlib = ctypes.CDLL(library)
+    xlib.XOpenDisplay.restype = ctypes.c_void_p
+    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    display = xlib.XOpenDisplay(None)
+    if not display:
+        return f"cannot open the display DISPLAY={name} for the PyBullet GUI"
+    xlib.XCloseDisplay(display)
+    return None
+
+
+def make_env(is_test: bool, max_steps: int = 20, renders: bool = False) -> Any:
     """The lecture's environment: 7 discrete actions, automatic descent, 48x48 RGB observations.
 
-    `is_test` picks the held-out test objects instead of the training objects. The class drives
-    pybullet's global client, so keep one environment per process and close() it when done.
+    `is_test` picks the held-out test objects instead of the training objects; `renders` opens
+    the PyBullet GUI (check `display_problem` first). The class drives pybullet's global client,
+    so keep one environment per process and close() it when done.
     """
     return _grasp_env_class()(
-        renders=False, isDiscrete=True, removeHeightHack=False, maxSteps=max_steps, isTest=is_test
+        renders=renders, isDiscrete=True, removeHeightHack=False, maxSteps=max_steps, isTest=is_test
     )
+
+
+def render_scene(env: Any, size: int = 256) -> np.ndarray:
+    """The environment's own camera at `size` x `size` pixels, RGB uint8: what the agent sees, in detail.
+
+    Rendering steps no physics, so recording leaves the episode unchanged.
+    """
+    import pybullet
+
+    image = pybullet.getCameraImage(size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix)[2]
+    return np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
 
 
 def worker_seed(seed: int, index: int) -> int:
@@ -214,8 +256,8 @@ def worker_seed(seed: int, index: int) -> int:
 def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int) -> None:
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
-    Replies ("frame", frame, reward, done) with the preprocessed uint8 frame (None when done), so
-    that the pipe carries 1,600 bytes a step.
+    Replies ("frame", frame, reward, done) with the preprocessed uint8 frame, so that the pipe
+    carries 1,600 bytes a step; ("scene", size) is answered with `render_scene` of the moment.
     """
     env = None
     try:
@@ -228,7 +270,9 @@ def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int
                 connection.send(("frame", preprocess_frame(env.reset()), 0, False))
             elif command[0] == "step":
                 obs, reward, done, _ = env.step(command[1])
-                connection.send(("frame", None if done else preprocess_frame(obs), reward, bool(done)))
+                connection.send(("frame", preprocess_frame(obs), reward, bool(done)))
+            elif command[0] == "scene":
+                connection.send(("scene", render_scene(env, command[1])))
             else:
                 break
     except (EOFError, BrokenPipeError):
@@ -287,11 +331,16 @@ class EnvPool:
         """Ask worker `index` to take `action`; its reply carries the frame, reward and done."""
         self._send(index, ("step", int(action)))
 
+    def scene(self, index: int, size: int = 256) -> np.ndarray:
+        """Worker `index`'s scene as `render_scene` draws it; call only while no other reply is due from it."""
+        self._send(index, ("scene", size))
+        return self._receive(index)[1]
+
     def poll(self) -> bool:
         """Whether some worker has a reply waiting (or has died), without blocking."""
         return bool(wait(self.connections, timeout=0))
 
-    def results(self) -> list[tuple[int, Optional[np.ndarray], float, bool]]:
+    def results(self) -> list[tuple[int, np.ndarray, float, bool]]:
         """Block until a worker replies; return every waiting reply as (index, frame, reward, done)."""
         ready = wait(self.connections + [p.sentinel for p in self.processes])
         replies = []
@@ -389,6 +438,63 @@ class FrameStack:
 
     def state(self) -> np.ndarray:
         return np.stack(self.frames)
+
+
+class EpisodeRecorder:
+    """Frames of played episodes for a GIF or an image strip: the scene beside the network's view, captioned.
+
+    Each frame puts a `size` x `size` render of the scene next to the 40x40 grayscale frame the
+    network sees (enlarged, nearest neighbour), with the episode, the step, the action just taken
+    and, at the end, the outcome written under it. An episode gives one frame per step plus the first.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.line_height = max(12, size // 16)
+        self.font = ImageFont.load_default(size=self.line_height - 2)
+        self.frames: list[Image.Image] = []
+        self.episode_ends: list[int] = []  # index of each episode's last frame
+        self.episode = 0
+
+    def start(self, scene: np.ndarray, screen: np.ndarray) -> None:
+        """The first frame of a new episode, as the environment was reset."""
+        self.episode += 1
+        self._add(scene, screen, [f"episode {self.episode}, step 0", "start"])
+
+    def step(self, scene: np.ndarray, screen: np.ndarray, step: int, action: int, reward: float, done: bool) -> None:
+        """The frame after action `action` of step `step`; the last one of an episode says how it ended."""
+        lines = [f"episode {self.episode}, step {step}", f"action {action}: {ACTION_NAMES[action]}"]
+        if done:
+            lines.append("success: object lifted" if reward > 0 else "failure: nothing lifted")
+            self.episode_ends.append(len(self.frames))
+        self._add(scene, screen, lines)
+
+    def _add(self, scene: np.ndarray, screen: np.ndarray, lines: list[str]) -> None:
+        size, line_height = self.size, self.line_height
+        frame = Image.new("RGB", (2 * size, size), "black")
+        frame.paste(Image.fromarray(scene).resize((size, size), Image.Resampling.BILINEAR), (0, 0))
+        scale = max(1, (size - 3 * line_height - 8) // SCREEN_SIZE)
+        view = Image.fromarray(screen).resize((SCREEN_SIZE * scale, SCREEN_SIZE * scale), Image.Resampling.NEAREST)
+        left = size + (size - view.width) // 2
+        frame.paste(view.convert("RGB"), (left, 4))
+        draw = ImageDraw.Draw(frame)
+        for row, line in enumerate(lines):
+            draw.text((left, view.height + 6 + row * line_height), line, fill="white", font=self.font)
+        self.frames.append(frame)
+
+    def save_gif(self, path: Path, frame_ms: int = 400, end_ms: int = 1500) -> None:
+        """Write the frames as a looping GIF, holding each episode's last frame longer; atomically."""
+        if not self.frames:
+            raise ValueError("no frames recorded")
+        ends = set(self.episode_ends)
+        durations = [end_ms if index in ends else frame_ms for index in range(len(self.frames))]
+        with atomic_write(Path(path)) as handle:
+            self.frames[0].save(handle, format="GIF", save_all=True, append_images=self.frames[1:],
+                                duration=durations, loop=0)
+
+    def strip(self) -> np.ndarray:
+        """All frames side by side as one RGB image (H, W, 3), for TensorBoard."""
+        return np.concatenate([np.asarray(frame) for frame in self.frames], axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -713,16 +819,18 @@ def networks_state(policy_net: nn.Module, target_net: nn.Module, optimizer: torc
     return dict(zip(CHECKPOINT_KEYS, (policy_net.state_dict(), target_net.state_dict(), optimizer.state_dict())))
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename over `path`.
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[Any]:
+    """A binary file handle whose content replaces `path` only once the block has ended without error.
 
-    A crash or kill part-way leaves the previous file intact.
+    It is a temporary file in the same folder, renamed over `path`: a crash or kill part-way
+    leaves the previous file intact.
     """
     path = Path(path)
     tmp_name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp_name, "xb") as handle:
-            torch.save(payload, handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -730,6 +838,22 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Create `folder` if needed and prove a file can be written there, before minutes or hours of work."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error})") from None
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` with torch.save, atomically (see `atomic_write`)."""
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path, device: torch.device, required_keys: tuple[str, ...]) -> dict[str, Any]:
