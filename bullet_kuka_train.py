@@ -14,7 +14,6 @@ import contextlib
 import random
 import signal
 import sys
-import tempfile
 import time
 import timeit
 from datetime import timedelta
@@ -32,12 +31,16 @@ from common import (
     DQN,
     SCREEN_SIZE,
     EnvPool,
+    EpisodeRecorder,
     FrameStack,
     OneLineArgumentParser,
     ReplayMemory,
     UsageError,
     WorkerError,
+    check_writable_folder,
+    display_problem,
     epsilon_by_episode,
+    greedy_actions,
     load_checkpoint,
     load_state,
     make_env,
@@ -56,6 +59,7 @@ from common import (
     seed_int,
     select_actions,
     soft_update,
+    worker_seed,
 )
 
 BEST_MODEL_AFTER_EPISODE = 100
@@ -111,12 +115,19 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                         help="best model file; the resumable state goes beside it as NAME.resume.pt")
     parser.add_argument("--logdir", type=Path, default=None,
                         help="TensorBoard folder (default: runs/kuka_dqn_SEED_TIME, or the resumed run's)")
+    parser.add_argument("--clip-every", type=non_negative_int, default=500,
+                        help="every this many episodes, log to TensorBoard an image strip of one greedy episode "
+                             "on test objects, played in a separate process; 0: never")
+    parser.add_argument("--render", action="store_true",
+                        help="watch training in the PyBullet GUI (needs a display and --num-envs 1)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue from the resumable state beside --checkpoint instead of starting over")
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
     args = parser.parse_args(argv)
+    if args.render and args.num_envs > 1:
+        parser.error("argument --render: shows the environment of this process; use --num-envs 1")
     if args.memory < max(args.batch_size, args.num_envs):
         parser.error(f"argument --memory: must hold at least one batch ({args.batch_size}) and one transition "
                      f"per environment ({args.num_envs}), got {args.memory}")
@@ -140,16 +151,6 @@ def ctrl_c_deferred() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def check_writable_folder(folder: Path, flag: str) -> None:
-    """Create `folder` if needed and prove a file can be written there, before hours of training."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error})") from None
-
-
 class Trainer:
     """The lecture's learner and its bookkeeping: networks, replay memory, and what happens as episodes end.
 
@@ -163,6 +164,9 @@ class Trainer:
         self.args = args
         self.n_actions = n_actions
         self.rng = random.Random(seed)
+        self.clip_seed = worker_seed(seed, args.num_envs)  # not one of the training workers' seeds
+        self.clip_pool: Optional[EnvPool] = None  # started for the first clip
+        self.example_logged = False
         self.policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
         self.target_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
         self.target_net.load_state_dict(self.policy_net.state_dict())
@@ -218,6 +222,22 @@ class Trainer:
             return f"replay memory starts empty: {error}"
         return f"replay memory restored: {len(self.memory)} transitions"
 
+    def log_example_screen(self, frame: np.ndarray) -> None:
+        """The lecture's "Example extracted screen": the first frame the network sees in this run, logged once."""
+        if not self.example_logged:
+            self.writer.add_image("example_extracted_screen", frame[None], self.completed, dataformats="CHW")
+            self.example_logged = True
+
+    def log_greedy_episode(self) -> None:
+        """An image strip of one greedy episode on test objects, played by a worker of its own.
+
+        A separate process keeps the training environments' scenes and random draws as they were.
+        """
+        if self.clip_pool is None:
+            self.clip_pool = EnvPool(1, self.clip_seed, is_test=True, max_steps=self.args.max_steps)
+        recorder = record_greedy_episode(self.clip_pool, self.policy_net)
+        self.writer.add_image("greedy_episode_test_objects", recorder.strip(), self.completed - 1, dataformats="HWC")
+
     @property
     def finished(self) -> bool:
         return self.solved or self.completed >= self.args.episodes
@@ -264,6 +284,8 @@ class Trainer:
         """The lecture's end of an episode: log it, save the best model, sync the target, check for solved."""
         with ctrl_c_deferred():
             self._end_episode(reward, length)
+        if self.args.clip_every and self.completed % self.args.clip_every == 0:
+            self.log_greedy_episode()
 
     def _end_episode(self, reward: float, length: int) -> None:
         args, writer, i_episode = self.args, self.writer, self.completed
@@ -304,7 +326,9 @@ class Trainer:
         return networks_state(self.policy_net, self.target_net, self.optimizer)
 
     def close(self) -> dict[str, Any]:
-        """Flush the logs and return the resumable state."""
+        """Stop the clip worker, flush the logs and return the resumable state."""
+        if self.clip_pool is not None:
+            self.clip_pool.close()
         self.progress.close()
         self.writer.close()
         return {
@@ -320,11 +344,31 @@ class Trainer:
         }
 
 
+def record_greedy_episode(pool: EnvPool, policy_net: torch.nn.Module) -> EpisodeRecorder:
+    """One greedy episode in worker 0 of `pool`, the scene recorded at 192x192 beside the network's frames."""
+    recorder = EpisodeRecorder(size=192)
+    pool.reset(0)
+    [(_, frame, _, _)] = pool.results()
+    stack = FrameStack()
+    state = stack.reset(frame)
+    recorder.start(pool.scene(0, recorder.size), frame)
+    step, done = 0, False
+    while not done:
+        action = greedy_actions(policy_net, state[None])[0]
+        pool.step(0, action)
+        [(_, frame, reward, done)] = pool.results()
+        step += 1
+        recorder.step(pool.scene(0, recorder.size), frame, step, action, reward, done)
+        state = stack.push(frame)
+    return recorder
+
+
 def run_lecture_loop(trainer: Trainer, env: Any) -> None:
     """--num-envs 1: the lecture's loop in this process: act, step, store, learn, and so on to the episode's end."""
     while not trainer.finished:
         frames = FrameStack()
         state = frames.reset(preprocess_frame(env.reset()))
+        trainer.log_example_screen(state[-1])
         for t in range(1, trainer.args.max_steps + 1):
             action = trainer.act(state[None])[0]
             obs, reward, done, _ = env.step(action)
@@ -357,6 +401,7 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
         for index, frame, reward, done in pool.results():
             if states[index] is None:
                 states[index] = stacks[index].reset(frame)
+                trainer.log_example_screen(frame)
                 waiting.append(index)
                 continue
             next_state = None if done else stacks[index].push(frame)
@@ -383,6 +428,8 @@ def train(args: argparse.Namespace) -> int:
     checkpoint_path: Path = args.checkpoint
     state_path = resume_path(checkpoint_path)
     device = resolve_device(args.device)
+    if args.render and (problem := display_problem()):
+        raise UsageError(f"--render: {problem}; train without it and watch the logged episodes in TensorBoard")
 
     # The run's starting point: a fresh run never replaces an existing file silently.
     resumed: Optional[dict[str, Any]] = None
@@ -408,7 +455,7 @@ def train(args: argparse.Namespace) -> int:
     seed = args.seed + start_episode
     seed_everything(seed)
     if args.num_envs == 1:
-        env = make_env(is_test=False, max_steps=args.max_steps)
+        env = make_env(is_test=False, max_steps=args.max_steps, renders=args.render)
         n_actions = env.action_space.n
     else:
         torch.set_num_threads(1)  # the other cores belong to the workers' physics
