@@ -1,6 +1,7 @@
 """End to end: the training and evaluation scripts as a user runs them, on the real environment."""
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -8,8 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common import CHECKPOINT_KEYS, load_checkpoint
 from conftest import ROOT, assert_one_line_error, read_events, run_script
@@ -22,9 +26,9 @@ LOGGED_EVERY_EPISODE = ("epsilon", "success_rate_last_100", "episode_length", "s
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """A training run of 10 episodes, shared by the tests that read what it left."""
+    """A training run of 10 episodes, with a greedy clip every 5, shared by the tests that read what it left."""
     folder = tmp_path_factory.mktemp("run")
-    result = run_script("train", "--episodes", "10", "--logdir", "runs/a", *FAST, cwd=folder)
+    result = run_script("train", "--episodes", "10", "--logdir", "runs/a", "--clip-every", "5", *FAST, cwd=folder)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", "a normal run prints nothing to stderr"
     assert "No best model saved yet" in result.stdout and "Elapsed time:" in result.stdout
@@ -43,6 +47,42 @@ def test_training_logs_the_lectures_scalars_and_more(run_dir):
     assert all(value == 3 for _, value in scalars["episode_length"])
     assert all(value > 0 for _, value in scalars["steps_per_second"])
     assert any("hyperparameters" in tag for tag in other_tags)
+
+
+def test_training_logs_the_example_screen_and_greedy_episode_strips(run_dir):
+    accumulator = EventAccumulator(str(run_dir / "runs" / "a"))
+    accumulator.Reload()
+    [screen] = accumulator.Images("example_extracted_screen")
+    assert (screen.step, screen.width, screen.height) == (0, 40, 40)
+    with Image.open(io.BytesIO(screen.encoded_image_string)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert (pixels == pixels[..., :1]).all() and pixels.std() > 10, "the network's grayscale frame of a scene"
+    clips = accumulator.Images("greedy_episode_test_objects")
+    assert [clip.step for clip in clips] == [4, 9]
+    # With 3 steps an episode is 4 frames, each the 192x192 scene beside the network's view.
+    assert all((clip.width, clip.height) == (4 * 2 * 192, 192) for clip in clips)
+
+
+def test_plot_script_draws_runs_from_their_logs(run_dir):
+    logs = run_dir / "runs" / "a"
+    plot = [sys.executable, str(ROOT / "plot_curves.py")]
+    result = subprocess.run([*plot, str(logs), str(logs), "--names", "first", "second", "--out", "plots/curves.png"],
+                            cwd=run_dir, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Plotted 2 runs into plots/curves.png" and result.stderr == ""
+    with Image.open(run_dir / "plots" / "curves.png") as image:
+        assert image.format == "PNG" and image.width > 500 and image.height > 400
+        assert len(image.convert("RGB").getcolors(maxcolors=100_000)) > 10, "not a blank page"
+
+    before = (run_dir / "plots" / "curves.png").read_bytes()
+    result = subprocess.run([*plot, str(logs), "--out", "plots/curves.png"], cwd=run_dir, capture_output=True, text=True)
+    assert_one_line_error(result, "plots/curves.png", "--overwrite")
+    assert (run_dir / "plots" / "curves.png").read_bytes() == before
+    for folder, message in ((run_dir / "nowhere", "no such folder"), (run_dir / "plots", "no TensorBoard event files")):
+        result = subprocess.run([*plot, str(folder), "--out", "x.png"], cwd=run_dir, capture_output=True, text=True)
+        assert_one_line_error(result, str(folder), message)
+    result = subprocess.run([*plot, str(logs), "--names", "a", "b"], cwd=run_dir, capture_output=True, text=True)
+    assert_one_line_error(result, "--names", "2 name(s) for 1 folder(s)")
 
 
 def test_training_leaves_a_resumable_state(run_dir):
