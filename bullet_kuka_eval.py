@@ -26,6 +26,7 @@ from common import (
     OneLineArgumentParser,
     UsageError,
     check_writable_folder,
+    checkpoint_config,
     display_problem,
     greedy_actions,
     load_checkpoint,
@@ -42,8 +43,8 @@ from common import (
     wilson_interval,
 )
 
-Policy = Callable[[np.ndarray, list[int]], list[int]]
-"""Actions for a batch of uint8 states, and the indices of the environments they come from."""
+Policy = Callable[[np.ndarray, list[int], list[int]], list[int]]
+"""Actions for a batch of uint8 states, given the indices of their environments and their timesteps."""
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -92,7 +93,7 @@ def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[Epi
             recorder.start(render_scene(env, recorder.size), frame)
         done, step = False, 0
         while not done:
-            action = policy(state[None], [0])[0]
+            action = policy(state[None], [0], [step])[0]
             obs, reward, done, _ = env.step(action)
             step += 1
             frame = preprocess_frame(obs)
@@ -115,11 +116,13 @@ def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> li
     playing: list[int] = [0] * n
     stacks = [FrameStack() for _ in range(n)]
     states: list[Optional[np.ndarray]] = [None] * n  # None: the worker is resetting
+    steps = [0] * n
 
     def start_next(index: int) -> None:
         if queues[index]:
             playing[index] = queues[index].pop(0)
             states[index] = None
+            steps[index] = 0
             pool.reset(index)
 
     for index in range(n):
@@ -133,13 +136,18 @@ def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> li
                 rewards[playing[index]] = reward
                 start_next(index)
                 continue
-            states[index] = stacks[index].reset(frame) if states[index] is None else stacks[index].push(frame)
+            if states[index] is None:
+                states[index] = stacks[index].reset(frame)
+            else:
+                states[index] = stacks[index].push(frame)
+                steps[index] += 1
             waiting.append(index)
         while printed in rewards:
             print("Episode: {0:d}, reward: {1}".format(printed + 1, rewards[printed]))
             printed += 1
         if waiting:
-            for index, action in zip(waiting, policy(np.stack([states[i] for i in waiting]), waiting)):
+            actions = policy(np.stack([states[i] for i in waiting]), waiting, [steps[i] for i in waiting])
+            for index, action in zip(waiting, actions):
                 pool.step(index, action)
     return [rewards[i] for i in range(episodes)]
 
@@ -176,15 +184,16 @@ def evaluate(args: argparse.Namespace) -> int:
             # A generator per environment: the actions do not depend on the order the workers answer in.
             rngs = [random.Random(args.seed + index) for index in range(args.num_envs)]
 
-            def policy(states: np.ndarray, indices: list[int]) -> list[int]:
+            def policy(states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
                 return [rngs[index].randrange(n_actions) for index in indices]
         else:
-            policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
+            config = checkpoint_config(checkpoint, args.checkpoint)
+            policy_net = DQN.from_config(config, SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
             load_state(policy_net, checkpoint, "policy_net_state_dict", args.checkpoint)
             policy_net.eval()
 
-            def policy(states: np.ndarray, indices: list[int]) -> list[int]:
-                return greedy_actions(policy_net, states)
+            def policy(states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
+                return greedy_actions(policy_net, states, timesteps)
 
         if args.num_envs == 1:
             rewards = run_episodes(env, policy, args.episodes, recorder)

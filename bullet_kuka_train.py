@@ -38,6 +38,7 @@ from common import (
     UsageError,
     WorkerError,
     check_writable_folder,
+    checkpoint_config,
     display_problem,
     epsilon_by_episode,
     greedy_actions,
@@ -95,6 +96,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                              "n >= --max-steps gives Monte Carlo returns")
     parser.add_argument("--augment", action="store_true",
                         help="random-shift augmentation of sampled states: pad 4 pixels, crop back at random")
+    parser.add_argument("--timestep-input", action="store_true",
+                        help="feed the episode's timestep to the network beside the frames (the slides' state); "
+                             "the checkpoint records it, and the eval script rebuilds the network from the file")
     parser.add_argument("--learning-starts", type=non_negative_int, default=0,
                         help="no gradient step before the memory holds this many transitions (lecture: one batch)")
     parser.add_argument("--eps-start", type=probability, default=0.9, help="epsilon at episode 0")
@@ -167,8 +171,8 @@ class Trainer:
         self.clip_seed = worker_seed(seed, args.num_envs)  # not one of the training workers' seeds
         self.clip_pool: Optional[EnvPool] = None  # started for the first clip
         self.example_logged = False
-        self.policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
-        self.target_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
+        self.policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions, args.timestep_input).to(device)
+        self.target_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions, args.timestep_input).to(device)
         self.target_net.load_state_dict(self.policy_net.state_dict())
         self.target_net.eval()
         self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
@@ -181,6 +185,10 @@ class Trainer:
         self.global_step = 0
         self.earlier_seconds = 0.0
         if resumed:
+            saved_config = checkpoint_config(resumed, state_path)
+            if saved_config != self.policy_net.config:
+                flag = "with" if saved_config["timestep_input"] else "without"
+                raise UsageError(f"{state_path} was saved by a run {flag} --timestep-input; resume it the same way")
             load_state(self.policy_net, resumed, "policy_net_state_dict", state_path)
             load_state(self.target_net, resumed, "target_net_state_dict", state_path)
             load_state(self.optimizer, resumed, "optimizer_policy_net_state_dict", state_path)
@@ -245,9 +253,9 @@ class Trainer:
     def epsilon(self) -> float:
         return epsilon_by_episode(self.completed, self.args.eps_start, self.args.eps_end, self.args.eps_decay_last_frame)
 
-    def act(self, states: np.ndarray) -> list[int]:
-        """Epsilon-greedy actions for a batch of states, one forward pass."""
-        return select_actions(self.policy_net, states, self.epsilon(), self.n_actions, self.rng)
+    def act(self, states: np.ndarray, timesteps: list[int]) -> list[int]:
+        """Epsilon-greedy actions for a batch of states at these timesteps of their episodes, one forward pass."""
+        return select_actions(self.policy_net, states, self.epsilon(), self.n_actions, self.rng, timesteps)
 
     def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
               stream: int = 0) -> None:
@@ -354,7 +362,7 @@ def record_greedy_episode(pool: EnvPool, policy_net: torch.nn.Module) -> Episode
     recorder.start(pool.scene(0, recorder.size), frame)
     step, done = 0, False
     while not done:
-        action = greedy_actions(policy_net, state[None])[0]
+        action = greedy_actions(policy_net, state[None], [step])[0]
         pool.step(0, action)
         [(_, frame, reward, done)] = pool.results()
         step += 1
@@ -370,7 +378,7 @@ def run_lecture_loop(trainer: Trainer, env: Any) -> None:
         state = frames.reset(preprocess_frame(env.reset()))
         trainer.log_example_screen(state[-1])
         for t in range(1, trainer.args.max_steps + 1):
-            action = trainer.act(state[None])[0]
+            action = trainer.act(state[None], [t - 1])[0]
             obs, reward, done, _ = env.step(action)
             next_state = None if done else frames.push(preprocess_frame(obs))
             trainer.store(state, action, next_state, reward)
@@ -417,7 +425,8 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
             else:
                 waiting.append(index)
         if waiting:
-            for index, action in zip(waiting, trainer.act(np.stack([states[i] for i in waiting]))):
+            actions = trainer.act(np.stack([states[i] for i in waiting]), [lengths[i] for i in waiting])
+            for index, action in zip(waiting, actions):
                 actions[index] = action
                 pool.step(index, action)
         while (owed := trainer.owed()) > 0 and (owed > n or not pool.poll()):

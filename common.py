@@ -40,6 +40,8 @@ SCREEN_SIZE = 40
 """Side of the square grayscale screen the network sees."""
 ACTION_NAMES = ("stay", "x-", "x+", "y-", "y+", "turn-", "turn+")
 """The 7 discrete actions of the environment with the height hack: the gripper descends with each."""
+TIMESTEP_SCALE = 10.0
+"""With --timestep-input the network gets t / TIMESTEP_SCALE: an episode lasts about 7 actions."""
 CHECKPOINT_KEYS = ("policy_net_state_dict", "target_net_state_dict", "optimizer_policy_net_state_dict")
 """The lecture's checkpoint keys; checkpoints written here always carry them."""
 
@@ -501,9 +503,10 @@ class EpisodeRecorder:
 # Replay memory
 # ---------------------------------------------------------------------------
 
-Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done"))
+Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done", "timestep", "next_timestep"))
 """Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, 40, 40),
-int64 actions, float32 rewards, bool `done`; a terminal transition's `next_state` is meaningless."""
+int64 actions, float32 rewards, bool `done`, and int64 timesteps (actions taken in the episode
+before `state` and before `next_state`); a terminal transition's `next_state` is meaningless."""
 
 
 class ReplayMemory:
@@ -608,6 +611,8 @@ class ReplayMemory:
             next_state=frames[1],
             reward=torch.from_numpy(rewards).to(self.device),
             done=torch.from_numpy((dones & before_end).any(axis=1)).to(self.device),
+            timestep=torch.from_numpy(step - first[:, 0]).to(self.device),
+            next_timestep=torch.from_numpy(step + n_step - first[:, 0]).to(self.device),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -657,10 +662,13 @@ class DQN(nn.Module):
     """The lecture's Q-network: three convolutions (BatchNorm on the first two), one hidden layer.
 
     Layer names match the lecture, so its state dicts load here with strict=True and back.
+    `timestep_input` (opt-in; the slides' state includes t, the lecture's code does not) feeds the
+    episode's timestep to the hidden layer beside the image features: one more input column there.
     """
 
-    def __init__(self, h: int, w: int, outputs: int) -> None:
+    def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False) -> None:
         super().__init__()
+        self.timestep_input = timestep_input
         self.conv1 = nn.Conv2d(STACK_SIZE, 32, kernel_size=8, stride=4)
         self.bn1 = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=4, stride=2)
@@ -668,16 +676,29 @@ class DQN(nn.Module):
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3, stride=1)
         convw = conv2d_size_out(conv2d_size_out(conv2d_size_out(w, 8, 4), 4, 2), 3, 1)
         convh = conv2d_size_out(conv2d_size_out(conv2d_size_out(h, 8, 4), 4, 2), 3, 1)
-        self.linear = nn.Linear(convw * convh * 64, 512)
+        self.linear = nn.Linear(convw * convh * 64 + int(timestep_input), 512)
         self.head = nn.Linear(512, outputs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """States (B, STACK_SIZE, h, w) -> Q-values (B, outputs)."""
+    def forward(self, x: torch.Tensor, timestep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """States (B, STACK_SIZE, h, w), and with `timestep_input` their timesteps (B,) -> Q-values (B, outputs)."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
-        x = F.relu(self.conv3(x))
-        x = F.relu(self.linear(x.flatten(start_dim=1)))
+        x = F.relu(self.conv3(x)).flatten(start_dim=1)
+        if self.timestep_input:
+            if timestep is None:
+                raise ValueError("this network takes the timestep as an input: pass it")
+            x = torch.cat((x, timestep.to(x.dtype).unsqueeze(1) / TIMESTEP_SCALE), dim=1)
+        x = F.relu(self.linear(x))
         return self.head(x)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint records so that `DQN.from_config` rebuilds this network from the file alone."""
+        return {"timestep_input": self.timestep_input}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], h: int, w: int, outputs: int) -> "DQN":
+        return cls(h, w, outputs, timestep_input=bool(config.get("timestep_input", False)))
 
 
 # ---------------------------------------------------------------------------
@@ -705,11 +726,12 @@ def evaluating(net: nn.Module) -> Iterator[None]:
         net.train(was_training)
 
 
-def greedy_actions(policy_net: nn.Module, states: np.ndarray) -> list[int]:
-    """argmax_a Q(state, a) for a batch of uint8 states, in one forward pass, in eval mode."""
+def greedy_actions(policy_net: nn.Module, states: np.ndarray, timesteps: Optional[list[int]] = None) -> list[int]:
+    """argmax_a Q(state, a) for a batch of uint8 states (and their timesteps), in one forward pass, in eval mode."""
     device = next(policy_net.parameters()).device
+    timestep = None if timesteps is None else torch.tensor(timesteps, device=device)
     with evaluating(policy_net):
-        return policy_net(to_float(torch.from_numpy(states).to(device))).argmax(dim=1).tolist()
+        return policy_net(to_float(torch.from_numpy(states).to(device)), timestep).argmax(dim=1).tolist()
 
 
 def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -738,11 +760,12 @@ def soft_update(target_net: nn.Module, policy_net: nn.Module, tau: float) -> Non
 
 
 def select_actions(
-    policy_net: nn.Module, states: np.ndarray, epsilon: float, n_actions: int, rng: random.Random
+    policy_net: nn.Module, states: np.ndarray, epsilon: float, n_actions: int, rng: random.Random,
+    timesteps: Optional[list[int]] = None,
 ) -> list[int]:
     """Epsilon-greedy for each state: uniform with probability epsilon, else greedy (one batched pass)."""
     explore = [rng.random() <= epsilon for _ in range(len(states))]
-    greedy = greedy_actions(policy_net, states) if not all(explore) else []
+    greedy = greedy_actions(policy_net, states, timesteps) if not all(explore) else []
     return [rng.randrange(n_actions) if explore[i] else greedy[i] for i in range(len(states))]
 
 
@@ -773,17 +796,17 @@ def optimize_model(
         state, next_state = random_shift(state), random_shift(next_state)
 
     with torch.no_grad():
-        next_q = target_net(next_state)
+        next_q = target_net(next_state, batch.next_timestep)
         if double_dqn:
             with evaluating(policy_net):
-                next_action = policy_net(next_state).argmax(dim=1, keepdim=True)
+                next_action = policy_net(next_state, batch.next_timestep).argmax(dim=1, keepdim=True)
             next_state_values = next_q.gather(1, next_action).squeeze(1)
         else:
             next_state_values = next_q.max(dim=1).values
     expected_state_action_values = batch.reward + gamma**n_step * next_state_values.masked_fill(batch.done, 0.0)
 
     policy_net.train()
-    state_action_values = policy_net(state).gather(1, batch.action.unsqueeze(1))
+    state_action_values = policy_net(state, batch.timestep).gather(1, batch.action.unsqueeze(1))
 
     loss = F.smooth_l1_loss(state_action_values, expected_state_action_values.unsqueeze(1))
     optimizer.zero_grad()
@@ -814,9 +837,18 @@ def resume_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".resume" + checkpoint.suffix)
 
 
-def networks_state(policy_net: nn.Module, target_net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The lecture's checkpoint content, under its key names."""
-    return dict(zip(CHECKPOINT_KEYS, (policy_net.state_dict(), target_net.state_dict(), optimizer.state_dict())))
+def networks_state(policy_net: DQN, target_net: DQN, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The lecture's checkpoint content, under its key names, and the network's `config`."""
+    state = dict(zip(CHECKPOINT_KEYS, (policy_net.state_dict(), target_net.state_dict(), optimizer.state_dict())))
+    return {**state, "config": policy_net.config}
+
+
+def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The network configuration a checkpoint records; the lecture's network when it records none."""
+    config = checkpoint.get("config", {"timestep_input": False})
+    if not isinstance(config, dict) or not isinstance(config.get("timestep_input"), bool):
+        raise CheckpointError(f"{path}: its 'config' is not a network configuration: {config!r}")
+    return config
 
 
 @contextlib.contextmanager

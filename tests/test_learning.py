@@ -14,6 +14,7 @@ from common import (
     DQN,
     SCREEN_SIZE,
     STACK_SIZE,
+    TIMESTEP_SCALE,
     FrameStack,
     ReplayMemory,
     conv2d_size_out,
@@ -185,6 +186,42 @@ def test_replay_memory_state_resumes_without_the_unfinished_episodes(tmp_path):
         ReplayMemory(16, num_streams=4).load_state_dict(memory.state_dict())
 
 
+def test_replay_memory_gives_each_state_its_timestep():
+    rng = np.random.default_rng(5)
+    lengths = ([3, 5], [4, 2])
+    streams = [list(episodes(rng, stream_lengths)) for stream_lengths in lengths]
+    memory = ReplayMemory(100, num_streams=2, seed=0)
+    push_streams(memory, [iter(stream) for stream in streams])
+    timestep_of = {}
+    for transitions, stream_lengths in zip(streams, lengths):
+        steps = [t for length in stream_lengths for t in range(length)]
+        timestep_of.update({np.asarray(state).tobytes(): t for (state, *_), t in zip(transitions, steps)})
+    batch = memory.sample(12, n_step=2, gamma=0.9)  # each stream's newest transition waits for its next step
+    # All but each stream's newest: timesteps 0 1 2 0 1 2 3 (4) and 0 1 2 3 0 (1).
+    assert sorted(timestep_of[state.numpy().tobytes()] for state in batch.state) == sorted(
+        [0, 1, 2, 0, 1, 2, 3] + [0, 1, 2, 3, 0])
+    for state, timestep, next_timestep in zip(batch.state, batch.timestep, batch.next_timestep):
+        assert timestep.item() == timestep_of[state.numpy().tobytes()]
+        assert next_timestep.item() == timestep.item() + 2
+
+
+def test_timestep_input_adds_one_column_and_changes_the_values():
+    net = DQN(40, 40, 7, timestep_input=True).eval()
+    assert net.linear.weight.shape == (512, 64 + 1)
+    assert DQN.from_config(net.config, 40, 40, 7).linear.weight.shape == (512, 65)
+    assert DQN.from_config({}, 40, 40, 7).state_dict().keys() == LECTURE_STATE_DICT_SHAPES.keys()
+    states = torch.rand(2, STACK_SIZE, 40, 40)
+    with torch.no_grad():
+        early, late = net(states, torch.tensor([0, 0])), net(states, torch.tensor([6, 6]))
+    assert not torch.allclose(early, late)
+    with pytest.raises(ValueError, match="timestep"):
+        net(states)
+    uint8_states = (states * 255).to(torch.uint8)
+    with torch.no_grad():
+        wanted = [net(to_float(uint8_states), torch.tensor([t, t])).argmax(dim=1).tolist() for t in (0, 6)]
+    assert [greedy_actions(net, uint8_states.numpy(), [t, t]) for t in (0, 6)] == wanted
+
+
 def test_replay_sampling_follows_its_seed():
     rng = np.random.default_rng(4)
     transitions = list(episodes(rng, [7] * 8))
@@ -297,6 +334,34 @@ def test_double_dqn_target_takes_the_policy_argmax_and_the_target_value():
     expected_loss = (0.5 * 0.5**2 + 0 + 0.5 * 0.2**2 + 1.5) / 4
     assert loss.item() == pytest.approx(expected_loss, abs=1e-6)
     assert policy_net.training, "picking a' in eval mode leaves the network in train mode"
+
+
+def timestep_q_network(values: list[float], slopes: list[float]) -> DQN:
+    """A real DQN with --timestep-input whose Q(s, a) is values[a] + slopes[a] * t, whatever the image."""
+    net = DQN(40, 40, len(values), timestep_input=True)
+    with torch.no_grad():
+        net.linear.weight.zero_()
+        net.linear.bias.zero_()
+        net.linear.weight[0, -1] = TIMESTEP_SCALE  # hidden unit 0 = t
+        net.head.weight.zero_()
+        net.head.weight[:, 0] = torch.tensor(slopes)
+        net.head.bias.copy_(torch.tensor(values))
+    return net
+
+
+def test_optimisation_feeds_the_next_states_timestep_to_the_target():
+    policy_net = timestep_q_network(POLICY_Q, [1.0] * 7)
+    target_net = timestep_q_network(TARGET_Q, [0, 0, 0, 0, 0, 0, 1.0]).eval()
+    optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
+
+    loss, mean_q = optimize_model(policy_net, target_net, optimizer, one_step_memory(), batch_size=4, gamma=0.99)
+
+    # States are at t = 0, so Q(s, a) is POLICY_Q; next states are at t = 1, where the target's
+    # action 6 is worth 0.4 + 1 = 1.4, its max: targets 0.99 * 1.4 = 1.386, 1, 1.386, 1
+    # against 0.5, 1.0, 0.2, 3.0 -> differences -0.886, 0, -1.186, 2
+    expected_loss = (0.5 * 0.886**2 + 0 + (1.186 - 0.5) + 1.5) / 4
+    assert loss.item() == pytest.approx(expected_loss, abs=1e-6)
+    assert mean_q.item() == pytest.approx((0.5 + 1.0 + 0.2 + 3.0) / 4, abs=1e-6)
 
 
 def states_of(transitions: list[tuple]) -> list[bytes]:

@@ -203,6 +203,23 @@ def test_learning_starts_holds_back_gradient_steps(workdir):
     assert "epsilon" in scalars and "loss" not in scalars
 
 
+def test_timestep_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
+    result = run_script("train", "--episodes", "3", "--timestep-input", "--logdir", "runs/t", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    assert state["config"] == {"timestep_input": True}
+    assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 64 + 1)
+
+    result = run_script("eval", "--episodes", "2", "--num-envs", "2", "--checkpoint", "policy_dqn.resume.pt",
+                        "--device", "cpu", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("Success rate: ")
+
+    result = run_script("train", "--resume", "--episodes", "4", *FAST, cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.resume.pt", "with --timestep-input")
+    assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ())["episode"] == 3
+
+
 def test_resume_without_a_saved_state_says_so(workdir):
     result = run_script("train", "--resume", *FAST, cwd=workdir)
     assert_one_line_error(result, "policy_dqn.resume.pt", "no such checkpoint file")
