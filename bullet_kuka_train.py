@@ -71,8 +71,28 @@ RESUME_KEYS = CHECKPOINT_KEYS + (
     "episode", "total_rewards", "best_mean_reward", "ten_rewards", "global_step", "logdir", "elapsed_seconds")
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "lecture": {},
+    "fast": dict(double_dqn=True, n_step=3, gamma=0.9, target_update_steps=500, augment=True, eps_start=1.0,
+                 eps_end=0.05, eps_decay_last_frame=500, memory=30000, learning_starts=1000, updates_per_step=4.0),
+}
+"""Defaults that --preset puts in place of the lecture's; flags given on the command line still win."""
+
+
+def preset_flags(name: str) -> str:
+    """A preset as the command-line flags it stands for."""
+    flags = []
+    for dest, value in PRESETS[name].items():
+        flag = "--" + dest.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(flags)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None):
     parser = OneLineArgumentParser(description="Train the lecture's DQN on KukaDiverseObjectEnv (pybullet).")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="lecture",
+                        help="defaults to start from: the lecture's, or 'fast', which stands for "
+                             f"{preset_flags('fast')}; flags given here override them")
     parser.add_argument("--episodes", type=positive_int, default=10**7,
                         help="train until this many episodes in all, resumed ones included (lecture: 10**7)")
     parser.add_argument("--max-steps", type=positive_int, default=20,
@@ -129,7 +149,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="continue from the resumable state beside --checkpoint instead of starting over")
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
+    parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
+    if args.tau is not None:  # the two are exclusive on the command line; a preset's step sync yields to --tau
+        args.target_update_steps = None
     if args.render and args.num_envs > 1:
         parser.error("argument --render: shows the environment of this process; use --num-envs 1")
     if args.memory < max(args.batch_size, args.num_envs):
@@ -425,8 +448,8 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
             else:
                 waiting.append(index)
         if waiting:
-            actions = trainer.act(np.stack([states[i] for i in waiting]), [lengths[i] for i in waiting])
-            for index, action in zip(waiting, actions):
+            chosen = trainer.act(np.stack([states[i] for i in waiting]), [lengths[i] for i in waiting])
+            for index, action in zip(waiting, chosen):
                 actions[index] = action
                 pool.step(index, action)
         while (owed := trainer.owed()) > 0 and (owed > n or not pool.poll()):

@@ -238,6 +238,7 @@ def test_resume_without_a_saved_state_says_so(workdir):
     ("train", ["--learning-starts", "-1"], "--learning-starts"),
     ("train", ["--tau", "0.1", "--target-update-steps", "5"], "--target-update-steps"),
     ("train", ["--n-step", "0"], "--n-step"),
+    ("train", ["--preset", "turbo"], "--preset"),
     ("eval", ["--episodes", "-1"], "--episodes"),
     ("eval", ["--objects", "kitchen"], "--objects"),
     ("eval", ["--num-envs", "-2"], "--num-envs"),
@@ -286,3 +287,15 @@ def test_ctrl_c_stops_cleanly_and_keeps_everything(workdir, num_envs):
     assert state["episode"] >= 1
     scalars, _ = read_events(workdir / "runs" / "c")
     assert [step for step, _ in scalars["epsilon"]] == list(range(state["episode"])), "TensorBoard was flushed"
+
+
+def test_fast_preset_sets_its_defaults_and_command_line_flags_win():
+    from bullet_kuka_train import PRESETS, parse_args
+
+    lecture, fast = parse_args([]), parse_args(["--preset", "fast"])
+    for dest, value in PRESETS["fast"].items():
+        assert getattr(fast, dest) == value != getattr(lecture, dest), dest
+    assert (lecture.n_step, lecture.gamma, lecture.double_dqn, lecture.target_update_steps) == (1, 0.99, False, None)
+    assert parse_args(["--preset", "fast", "--n-step", "5", "--gamma", "0.99"]).n_step == 5
+    tau = parse_args(["--preset", "fast", "--tau", "0.01"])
+    assert (tau.tau, tau.target_update_steps) == (0.01, None), "an explicit --tau replaces the preset's step sync"
