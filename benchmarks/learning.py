@@ -180,6 +180,7 @@ def main() -> int:
         train_flags = train_flags or []
         config_path.write_text(json.dumps({"train_flags": train_flags}, indent=1) + "\n")
 
+    status = 0
     try:
         done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(csv_path)}
         for objects in ("test", "train"):
@@ -213,11 +214,11 @@ def main() -> int:
         print(f"{args.name}: out of time at episode {saved_state(folder)[0]}; call again to go on")
     except KeyboardInterrupt:
         print(f"{args.name}: interrupted at episode {saved_state(folder)[0]}; call again to go on", file=sys.stderr)
-        return 130
+        status = 130
     names = sorted(p.parent.name for p in args.results.glob("*/learning.csv"))
     plot(args.results, args.results / "learning.png", names)
     plot(args.results, folder / "learning.png", [args.name])
-    return 0
+    return status
 
 
 if __name__ == "__main__":
