@@ -698,6 +698,7 @@ class DQN(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], h: int, w: int, outputs: int) -> "DQN":
+        """The network a checkpoint's `config` describes; an empty config is the lecture's network."""
         return cls(h, w, outputs, timestep_input=bool(config.get("timestep_input", False)))
 
 
