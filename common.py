@@ -589,7 +589,16 @@ class ReplayMemory:
         ends = np.cumsum(ready)
         flat = self.rng.choice(ends[-1], size=batch_size, replace=False)
         stream = np.searchsorted(ends, flat, side="right")
-        step = self.oldest[stream] + flat - (ends - ready)[stream]
+        return self._gather(stream, self.oldest[stream] + flat - (ends - ready)[stream], n_step, gamma)
+
+    def transitions(self, stream: int, n_step: int = 1, gamma: float = 1.0) -> Batch:
+        """Every transition `sample` could draw from `stream`, oldest first, as one batch (for analysis)."""
+        step = np.arange(self.oldest[stream], max(self.oldest[stream], self.pushed[stream] - (n_step - 1)))
+        return self._gather(np.full(len(step), stream), step, n_step, gamma)
+
+    def _gather(self, stream: np.ndarray, step: np.ndarray, n_step: int, gamma: float) -> Batch:
+        """The transitions at these (stream, step) pairs, as n-step transitions on the device."""
+        batch_size = len(step)
         slot = step % self.slots
 
         ahead = (step[:, None] + np.arange(n_step)) % self.slots

@@ -118,6 +118,18 @@ def test_replay_memory_returns_exactly_what_was_pushed():
     assert any(t[4] for t in pushed) and not all(t[4] for t in pushed)
 
 
+def test_replay_memory_lists_a_streams_transitions_in_order():
+    rng = np.random.default_rng(6)
+    first, second = list(episodes(rng, [3, 4, 2])), list(episodes(rng, [5, 6]))
+    memory = ReplayMemory(12, num_streams=2, seed=0)  # 6 per stream: the first stream wraps
+    push_streams(memory, [iter(first), iter(second)])
+    for stream, pushed in enumerate((first, second)):
+        batch = memory.transitions(stream)
+        listed = [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
+                  for i in range(len(batch.reward))]
+        assert listed == [key(*t) for t in pushed[-6:]]
+
+
 def test_replay_memory_wraps_around_at_capacity():
     rng = np.random.default_rng(1)
     memory = ReplayMemory(5, seed=0)
