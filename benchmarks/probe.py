@@ -30,8 +30,10 @@ from common import (  # noqa: E402
 )
 
 def roc_auc(scores: np.ndarray, outcomes: np.ndarray) -> float:
-    """The chance that a random success scores above a random failure, ties counting half."""
+    """The chance that a random success scores above a random failure, ties counting half; NaN without both."""
     success, failure = scores[outcomes > 0.5], scores[outcomes <= 0.5]
+    if not len(success) or not len(failure):
+        return float("nan")
     above = success[:, None] > failure[None, :]
     tied = success[:, None] == failure[None, :]
     return float(above.mean() + 0.5 * tied.mean())

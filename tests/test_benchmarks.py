@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from common import load_checkpoint, resume_path
+from common import load_checkpoint, preprocess_frame, resume_path
 from conftest import ROOT
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
@@ -61,3 +62,35 @@ def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
     assert "out of time at episode" in result.stdout and "call again to go on" in result.stdout
     state = load_checkpoint(resume_path(tmp_path / "tiny" / "policy_dqn.pt"), torch.device("cpu"), ("episode",))
     assert 0 < state["episode"] < 1000, "training ran, was stopped, and saved where it was"
+
+
+def input_probe(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "input_probe.py"), "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_input_probe_keeps_the_real_observation_and_reuses_its_episodes(tmp_path):
+    first = input_probe(tmp_path, "--episodes", "6", "--epochs", "1", "--min-timestep", "2")
+    assert first.returncode == 0, first.stderr
+    assert "6 episodes collected" in first.stdout and first.stderr == ""
+
+    data = np.load(tmp_path / "episodes.npz")
+    n = len(data["timestep"])
+    assert data["gray40"].shape == (n, 1, 40, 40)
+    assert data["rgb48"].shape == (n, 3, 48, 48) and data["rgb96"].shape == (n, 3, 96, 96)
+    for rgb, gray in zip(data["rgb48"], data["gray40"]):  # the 48x48 scene is the observation itself
+        assert np.array_equal(preprocess_frame(rgb.transpose(1, 2, 0)), gray[0])
+    assert sorted(set(data["episode"].tolist())) == list(range(6))
+    for episode in range(6):
+        steps = data["timestep"][data["episode"] == episode]
+        assert steps.tolist() == list(range(len(steps))), "each episode's states in order from t = 0"
+        assert len(set(data["outcome"][data["episode"] == episode].tolist())) == 1, "one outcome per episode"
+
+    second = input_probe(tmp_path, "--episodes", "6", "--epochs", "1", "--min-timestep", "2")
+    assert second.returncode == 0, second.stderr
+    assert f"6 episodes from {tmp_path / 'episodes.npz'}" in second.stdout
+    with open(tmp_path / "input_probe.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["input"], r["network"]) for r in rows] == [
+        (i, k) for i in ("gray40", "rgb48", "rgb96") for k in ("lecture", "spatial")]
+    assert all(int(r["train"]) + int(r["test"]) == int((data["timestep"] >= 2).sum()) for r in rows)

@@ -1,0 +1,177 @@
+"""Does a larger or colour input show whether a grasp will hold? A supervised probe per input format.
+
+    python benchmarks/input_probe.py                 # 1,200 random episodes, then the probes
+
+The uniform random policy plays `--episodes` episodes on training objects in 2 workers. Every state
+keeps the network's 40x40 grayscale frame and the environment's camera at 48x48 (the observation
+itself) and 96x96, RGB, and is labelled with its episode's outcome (1: an object was lifted). The
+episodes are saved in `--out` and reused by later calls with the same `--episodes` and `--seed`.
+
+For each input format, two networks learn the outcome from single late frames (timestep >= t, for
+each t of `--min-timestep`) of 4 episodes in 5, with random shifts, and are scored on the 5th by
+the area under the ROC curve (AUC; 0.5 is chance), best and mean of the last 3 epochs:
+  lecture: the lecture's convolutions (8/4, 4/2, 3/1), one hidden layer;
+  spatial: 3x3 convolutions that keep a 5x5 to 12x12 map, one hidden layer.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import EnvPool, atomic_write, conv2d_size_out, positive_int, random_shift  # noqa: E402
+from probe import roc_auc  # noqa: E402
+
+SIZES = (48, 96)
+"""Camera sizes kept beside the 40x40 frame: the environment's own, and twice that."""
+
+
+def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
+    """Random-policy episodes: per state its frames, timestep, episode number and the episode's outcome."""
+    rng = random.Random(seed)
+    columns: dict[str, list] = {"gray40": [], "rgb48": [], "rgb96": [], "timestep": [], "episode": []}
+    outcome_of: dict[int, float] = {}
+    with EnvPool(num_envs, seed, is_test=False) as pool:
+        episode_of = list(range(num_envs))
+        timestep = [0] * num_envs
+        started = num_envs
+        for index in range(num_envs):
+            pool.reset(index)
+        while len(outcome_of) < episodes:
+            for index, frame, reward, done in pool.results():
+                if done:
+                    outcome_of[episode_of[index]] = float(reward)
+                    if started >= episodes:
+                        continue
+                    episode_of[index], timestep[index], started = started, 0, started + 1
+                    pool.reset(index)
+                    continue
+                columns["gray40"].append(frame)
+                for size in SIZES:
+                    columns[f"rgb{size}"].append(pool.scene(index, size).transpose(2, 0, 1))
+                columns["timestep"].append(timestep[index])
+                columns["episode"].append(episode_of[index])
+                timestep[index] += 1
+                pool.step(index, rng.randrange(pool.n_actions))
+    data = {key: np.stack(value) if key.startswith(("gray", "rgb")) else np.array(value)
+            for key, value in columns.items()}
+    data["gray40"] = data["gray40"][:, None]
+    data["outcome"] = np.array([outcome_of[e] for e in data["episode"]], dtype=np.float32)
+    return data
+
+
+def lecture_net(channels: int, size: int) -> nn.Module:
+    side = conv2d_size_out(conv2d_size_out(conv2d_size_out(size, 8, 4), 4, 2), 3, 1)
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 8, 4), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, 2), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(64 * side * side, 512), nn.ReLU(), nn.Linear(512, 1))
+
+
+def spatial_net(channels: int, size: int) -> nn.Module:
+    convolutions = nn.Sequential(
+        nn.Conv2d(channels, 32, 3, 2 if size > 64 else 1, 1), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.Flatten())
+    with torch.no_grad():
+        features = convolutions(torch.zeros(1, channels, size, size)).shape[1]
+    return nn.Sequential(convolutions, nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 1))
+
+
+def probe(net: nn.Module, images: torch.Tensor, outcome: torch.Tensor, train: np.ndarray, test: np.ndarray,
+          epochs: int, rng: np.random.Generator) -> list[float]:
+    """Held-out AUC after each epoch of learning the outcome from single frames."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, weight_decay=1e-4)
+    pad = max(2, images.shape[-1] // 12)
+    scores = []
+    for _ in range(epochs):
+        net.train()
+        order = rng.permutation(train)
+        for start in range(0, len(order), 64):
+            index = order[start:start + 64]
+            loss = F.binary_cross_entropy_with_logits(net(random_shift(images[index], pad))[:, 0], outcome[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            logits = torch.cat([net(images[test[i:i + 256]])[:, 0] for i in range(0, len(test), 256)])
+        scores.append(roc_auc(logits.numpy(), outcome[test].numpy()))
+    return scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=positive_int, default=1200, help="random-policy episodes to learn from")
+    parser.add_argument("--min-timestep", type=int, nargs="+", default=[4, 6],
+                        help="probe on the states at or after each of these timesteps")
+    parser.add_argument("--epochs", type=positive_int, default=15, help="epochs of each probe")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the probes")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "input-probe",
+                        help="folder for the episodes (episodes.npz) and the scores (input_probe.csv)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    episodes_path = args.out / "episodes.npz"
+    saved = np.load(episodes_path) if episodes_path.exists() else None
+    if saved is not None and saved["settings"].tolist() == [args.episodes, args.seed]:
+        data = {key: saved[key] for key in saved.files}
+        print(f"{args.episodes} episodes from {episodes_path}")
+    else:
+        start = time.time()
+        data = collect(args.episodes, args.seed)
+        data["settings"] = np.array([args.episodes, args.seed])
+        with atomic_write(episodes_path) as file:
+            np.savez(file, **data)
+        print(f"{args.episodes} episodes collected in {time.time() - start:.0f} s, saved in {episodes_path}")
+    first = data["timestep"] == 0
+    print(f"{len(data['timestep'])} states, random-policy success {data['outcome'][first].mean():.3f}")
+
+    held_out = data["episode"] % 5 == 4
+    outcome = torch.from_numpy(data["outcome"])
+    rows = []
+    for min_timestep in args.min_timestep:
+        late = data["timestep"] >= min_timestep
+        train, test = np.flatnonzero(late & ~held_out), np.flatnonzero(late & held_out)
+        print(f"\nstates at t >= {min_timestep}: {len(train)} to learn from, {len(test)} held out\n"
+              f"| input | network | best AUC | last 3 epochs | seconds |\n| --- | --- | --: | --: | --: |")
+        for name in ("gray40", "rgb48", "rgb96"):
+            images = torch.from_numpy(data[name]).float().div_(255)
+            for kind, make in (("lecture", lecture_net), ("spatial", spatial_net)):
+                torch.manual_seed(args.seed)
+                start = time.time()
+                scores = probe(make(images.shape[1], images.shape[-1]), images, outcome, train, test, args.epochs,
+                               np.random.default_rng(args.seed))
+                row = dict(min_timestep=min_timestep, input=name, network=kind, train=len(train), test=len(test),
+                           best_auc=round(max(scores), 3), last3_auc=round(float(np.mean(scores[-3:])), 3),
+                           seconds=round(time.time() - start))
+                rows.append(row)
+                print(f"| {name} | {kind} | {row['best_auc']:.3f} | {row['last3_auc']:.3f} | {row['seconds']} |",
+                      flush=True)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(args.out / "input_probe.csv") as file:
+        file.write(table.getvalue().encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
