@@ -11,7 +11,7 @@ For each input format, two networks learn the outcome from single late frames (t
 each t of `--min-timestep`) of 4 episodes in 5, with random shifts, and are scored on the 5th by
 the area under the ROC curve (AUC; 0.5 is chance), best and mean of the last 3 epochs:
   lecture: the lecture's convolutions (8/4, 4/2, 3/1), one hidden layer;
-  spatial: 3x3 convolutions that keep a 5x5 to 12x12 map, one hidden layer.
+  spatial: 3x3 convolutions that keep a 10x10 map (12x12 from 48x48 and 96x96), one hidden layer.
 """
 from __future__ import annotations
 
