@@ -29,6 +29,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,10 +119,12 @@ def append_row(path: Path, row: dict) -> None:
 def plot(results: Path, out: Path, names: list[str]) -> None:
     """Greedy success against episodes and against training hours, one colour per configuration."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    random_rates = []
+    random_rates: dict[str, list[float]] = {"test": [], "train": []}
     for colour, name in enumerate(names):
         rows = read_rows(results / name / "learning.csv")
-        random_rates += [float(r["rate"]) for r in rows if r["policy"] == "random" and r["objects"] == "test"]
+        for r in rows:
+            if r["policy"] == "random":
+                random_rates[r["objects"]].append(float(r["rate"]))
         for objects, style in (("test", "-o"), ("train", ":s")):
             points = [r for r in rows if r["policy"] == "greedy" and r["objects"] == objects]
             if not points:
@@ -134,16 +137,21 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
                 axis.errorbar(x, rate, yerr=error, fmt=style, color=f"C{colour}", capsize=3, markersize=4,
                               label=f"{name}, {objects} objects")
     for axis, label in zip(axes, ("training episodes", "training hours (wall clock)")):
-        if random_rates:
-            axis.axhline(100 * sum(random_rates) / len(random_rates), color="grey", linestyle="--",
-                         label="random policy, test objects")
+        for objects, style in (("test", "--"), ("train", ":")):
+            if random_rates[objects]:
+                axis.axhline(100 * float(np.mean(random_rates[objects])), color="grey", linestyle=style,
+                             label=f"random policy, {objects} objects")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("greedy success rate, % (95% CI)")
     axes[0].set_ylim(0, 100)
-    axes[1].legend(loc="lower right", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend_rows = -(-len(labels) // 4)
+    height = 4.5 + 0.2 * legend_rows
+    figure.set_figheight(height)
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)  # below the axes, hiding no point
     figure.suptitle("KUKA grasping: greedy success during training")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, (0.2 * legend_rows + 0.1) / height, 1, 1))
     figure.savefig(out, dpi=120)
     plt.close(figure)
 
