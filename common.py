@@ -673,12 +673,14 @@ class DQN(nn.Module):
     Layer names match the lecture, so its state dicts load here with strict=True and back.
     `timestep_input` (opt-in; the slides' state includes t, the lecture's code does not) feeds the
     episode's timestep to the hidden layer beside the image features: one more input column there.
+    `in_channels` other than the frame stack is for analysis (benchmarks/input_probe.py) only.
     """
 
-    def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False) -> None:
+    def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False,
+                 in_channels: int = STACK_SIZE) -> None:
         super().__init__()
         self.timestep_input = timestep_input
-        self.conv1 = nn.Conv2d(STACK_SIZE, 32, kernel_size=8, stride=4)
+        self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=8, stride=4)
         self.bn1 = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=4, stride=2)
         self.bn2 = nn.BatchNorm2d(64)

@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import EnvPool, atomic_write, conv2d_size_out, positive_int, random_shift  # noqa: E402
-from probe import roc_auc  # noqa: E402
+from common import DQN, EnvPool, atomic_write, positive_int  # noqa: E402
+from probe import fit_outcome  # noqa: E402
 
 SIZES = (48, 96)
 """Camera sizes kept beside the 40x40 frame: the environment's own, and twice that."""
@@ -59,27 +58,16 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
                     episode_of[index], timestep[index], started = started, 0, started + 1
                     pool.reset(index)
                     continue
-                columns["gray40"].append(frame)
+                columns["gray40"].append(frame[None])
                 for size in SIZES:
                     columns[f"rgb{size}"].append(pool.scene(index, size).transpose(2, 0, 1))
                 columns["timestep"].append(timestep[index])
                 columns["episode"].append(episode_of[index])
                 timestep[index] += 1
                 pool.step(index, rng.randrange(pool.n_actions))
-    data = {key: np.stack(value) if key.startswith(("gray", "rgb")) else np.array(value)
-            for key, value in columns.items()}
-    data["gray40"] = data["gray40"][:, None]
+    data = {key: np.array(value) for key, value in columns.items()}
     data["outcome"] = np.array([outcome_of[e] for e in data["episode"]], dtype=np.float32)
     return data
-
-
-def lecture_net(channels: int, size: int) -> nn.Module:
-    side = conv2d_size_out(conv2d_size_out(conv2d_size_out(size, 8, 4), 4, 2), 3, 1)
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 8, 4), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 4, 2), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten(),
-        nn.Linear(64 * side * side, 512), nn.ReLU(), nn.Linear(512, 1))
 
 
 def spatial_net(channels: int, size: int) -> nn.Module:
@@ -91,28 +79,6 @@ def spatial_net(channels: int, size: int) -> nn.Module:
     with torch.no_grad():
         features = convolutions(torch.zeros(1, channels, size, size)).shape[1]
     return nn.Sequential(convolutions, nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 1))
-
-
-def probe(net: nn.Module, images: torch.Tensor, outcome: torch.Tensor, train: np.ndarray, test: np.ndarray,
-          epochs: int, rng: np.random.Generator) -> list[float]:
-    """Held-out AUC after each epoch of learning the outcome from single frames."""
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, weight_decay=1e-4)
-    pad = max(2, images.shape[-1] // 12)
-    scores = []
-    for _ in range(epochs):
-        net.train()
-        order = rng.permutation(train)
-        for start in range(0, len(order), 64):
-            index = order[start:start + 64]
-            loss = F.binary_cross_entropy_with_logits(net(random_shift(images[index], pad))[:, 0], outcome[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        net.eval()
-        with torch.no_grad():
-            logits = torch.cat([net(images[test[i:i + 256]])[:, 0] for i in range(0, len(test), 256)])
-        scores.append(roc_auc(logits.numpy(), outcome[test].numpy()))
-    return scores
 
 
 def main() -> int:
@@ -129,11 +95,13 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     episodes_path = args.out / "episodes.npz"
-    saved = np.load(episodes_path) if episodes_path.exists() else None
-    if saved is not None and saved["settings"].tolist() == [args.episodes, args.seed]:
-        data = {key: saved[key] for key in saved.files}
-        print(f"{args.episodes} episodes from {episodes_path}")
-    else:
+    data = {}
+    if episodes_path.exists():
+        with np.load(episodes_path) as saved:
+            if saved["settings"].tolist() == [args.episodes, args.seed]:
+                data = {key: saved[key] for key in saved.files}
+                print(f"{args.episodes} episodes from {episodes_path}")
+    if not data:
         start = time.time()
         data = collect(args.episodes, args.seed)
         data["settings"] = np.array([args.episodes, args.seed])
@@ -153,11 +121,14 @@ def main() -> int:
               f"| input | network | best AUC | last 3 epochs | seconds |\n| --- | --- | --: | --: | --: |")
         for name in ("gray40", "rgb48", "rgb96"):
             images = torch.from_numpy(data[name]).float().div_(255)
-            for kind, make in (("lecture", lecture_net), ("spatial", spatial_net)):
+            channels, size = images.shape[1], images.shape[-1]
+            for kind, make in (("lecture", lambda: DQN(size, size, 1, in_channels=channels)),
+                               ("spatial", lambda: spatial_net(channels, size))):
                 torch.manual_seed(args.seed)
                 start = time.time()
-                scores = probe(make(images.shape[1], images.shape[-1]), images, outcome, train, test, args.epochs,
-                               np.random.default_rng(args.seed))
+                scores = fit_outcome(make(), images, outcome, train, test, args.epochs,
+                                     np.random.default_rng(args.seed), lr=3e-4, weight_decay=1e-4, batch_size=64,
+                                     pad=max(2, size // 12))
                 row = dict(min_timestep=min_timestep, input=name, network=kind, train=len(train), test=len(test),
                            best_auc=round(max(scores), 3), last3_auc=round(float(np.mean(scores[-3:])), 3),
                            seconds=round(time.time() - start))

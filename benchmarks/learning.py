@@ -29,7 +29,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +138,8 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
     for axis, label in zip(axes, ("training episodes", "training hours (wall clock)")):
         for objects, style in (("test", "--"), ("train", ":")):
             if random_rates[objects]:
-                axis.axhline(100 * float(np.mean(random_rates[objects])), color="grey", linestyle=style,
+                rates = random_rates[objects]
+                axis.axhline(100 * sum(rates) / len(rates), color="grey", linestyle=style,
                              label=f"random policy, {objects} objects")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)

@@ -68,34 +68,43 @@ def probe_checkpoint(net: DQN, batches: list[Batch], unseen: list[np.ndarray]) -
         print(f"Q(s, a) of the checkpoint on {mask.sum()} transitions {label}: AUC {auc:.3f} (t >= 4: {late_auc:.3f})")
 
 
+def fit_outcome(net: DQN, images: torch.Tensor, outcomes: torch.Tensor, train: np.ndarray, test: np.ndarray,
+                epochs: int, rng: np.random.Generator, lr: float, weight_decay: float, batch_size: int,
+                pad: int) -> list[float]:
+    """Held-out AUC after each epoch of training `net`'s one output as the outcome's logit, with random shifts."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    scores = []
+    for _ in range(epochs):
+        net.train()
+        order = rng.permutation(train)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            loss = F.binary_cross_entropy_with_logits(net(random_shift(images[index], pad))[:, 0], outcomes[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            logits = torch.cat([net(images[test[i:i + 256]])[:, 0] for i in range(0, len(test), 256)])
+        scores.append(roc_auc(logits.numpy(), outcomes[test].numpy()))
+    return scores
+
+
 def supervised_probe(batches: list[Batch], epochs: int, seed: int) -> None:
     held_out = [np.arange(len(b.reward)) >= 0.8 * len(b.reward) for b in batches]
     late = [b.timestep.numpy() >= 4 for b in batches]
     states = torch.cat([to_float(b.state) for b in batches])
     outcomes = torch.cat([b.reward for b in batches])
-    test = np.concatenate([h & t for h, t in zip(held_out, late)])
+    test = np.flatnonzero(np.concatenate([h & t for h, t in zip(held_out, late)]))
     train_all = np.flatnonzero(np.concatenate([~h & t for h, t in zip(held_out, late)]))
     rng = np.random.default_rng(seed)
     for fraction in (0.25, 0.5, 1.0):
         torch.manual_seed(seed)
         train = train_all[: int(len(train_all) * fraction)]
-        net = DQN(SCREEN_SIZE, SCREEN_SIZE, 1)
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4, weight_decay=1e-3)
-        best = 0.0
-        for _ in range(epochs):
-            net.train()
-            order = rng.permutation(train)
-            for start in range(0, len(order), 32):
-                index = order[start:start + 32]
-                loss = F.binary_cross_entropy_with_logits(net(random_shift(states[index]))[:, 0], outcomes[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            net.eval()
-            with torch.no_grad():
-                best = max(best, roc_auc(net(states[test])[:, 0].numpy(), outcomes[test].numpy()))
-        print(f"supervised probe, late states: trained on {len(train)}, held out {test.sum()}, "
-              f"best held-out AUC over {epochs} epochs {best:.3f}")
+        scores = fit_outcome(DQN(SCREEN_SIZE, SCREEN_SIZE, 1), states, outcomes, train, test, epochs, rng,
+                             lr=1e-4, weight_decay=1e-3, batch_size=32, pad=4)
+        print(f"supervised probe, late states: trained on {len(train)}, held out {len(test)}, "
+              f"best held-out AUC over {epochs} epochs {max(scores):.3f}")
 
 
 def main() -> int:
