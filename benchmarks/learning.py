@@ -5,7 +5,8 @@
     python benchmarks/learning.py lecture --minutes 9                       # again, until the budget is done
 
 A configuration lives in benchmarks/results/NAME/: the run's checkpoints and TensorBoard logs,
-config.json (its training flags), learning.csv (one row per evaluation) and learning.png. Each
+config.json (its training flags), learning.csv (one row per evaluation), learning.png, and
+policies/episode-E.pt, the policy each evaluation played (lecture checkpoint keys). Each
 evaluation plays the current policy greedily on --eval-episodes test-object and training-object
 episodes, with the same scenes every time (--eval-seed); the random policy is measured once the same
 way, as the line to beat. A call stops after --minutes and the next call continues where it stopped
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import positive_int, resume_path, wilson_interval  # noqa: E402
+from common import CHECKPOINT_KEYS, positive_int, resume_path, save_checkpoint, wilson_interval  # noqa: E402
 
 FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
 SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
@@ -86,10 +87,21 @@ def saved_state(folder: Path) -> tuple[int, float]:
     return int(state["episode"]), float(state["elapsed_seconds"])
 
 
+def snapshot(folder: Path) -> Path:
+    """The latest policy as a checkpoint of its own, kept for every evaluation, so the best measured can be shipped."""
+    state = torch.load(resume_path(folder / "policy_dqn.pt"), map_location="cpu", weights_only=True)
+    path = folder / "policies" / f"episode-{int(state['episode'])}.pt"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        save_checkpoint(path, {key: state[key] for key in (*CHECKPOINT_KEYS, "config")})
+    return path
+
+
 def evaluate(folder: Path, policy: str, objects: str, args: argparse.Namespace, deadline: float) -> dict:
+    checkpoint = snapshot(folder) if policy == "greedy" else resume_path(folder / "policy_dqn.pt")
     command = [sys.executable, str(ROOT / "bullet_kuka_eval.py"), "--policy", policy, "--objects", objects,
                "--episodes", str(args.eval_episodes), "--seed", str(args.eval_seed), "--num-envs", str(args.eval_envs),
-               "--device", args.eval_device, "--checkpoint", str(resume_path(folder / "policy_dqn.pt"))]
+               "--device", args.eval_device, "--checkpoint", str(checkpoint)]
     match = SUCCESS_LINE.search(run(command, deadline, interrupt=False).stdout)
     successes, episodes = int(match.group(1)), int(match.group(2))
     low, high = wilson_interval(successes, episodes)

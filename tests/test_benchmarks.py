@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import load_checkpoint, preprocess_frame, resume_path
+from common import CHECKPOINT_KEYS, DQN, load_checkpoint, preprocess_frame, resume_path
 from conftest import ROOT
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
@@ -44,6 +44,14 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
         assert float(row["ci_low"]) <= float(row["rate"]) <= float(row["ci_high"])
     greedy = [r for r in rows if r["policy"] == "greedy"]
     assert all(float(r["train_seconds"]) > 0 for r in greedy)
+    policies = sorted(p.name for p in (folder / "policies").iterdir())
+    assert policies == ["episode-1.pt", "episode-2.pt", "episode-3.pt"], "the policy of every evaluation is kept"
+    last = load_checkpoint(folder / "policies" / "episode-3.pt", torch.device("cpu"), CHECKPOINT_KEYS)
+    final = load_checkpoint(resume_path(folder / "policy_dqn.pt"), torch.device("cpu"), CHECKPOINT_KEYS)
+    net = DQN(40, 40, 7)
+    net.load_state_dict(last["policy_net_state_dict"], strict=True)
+    for name, tensor in final["policy_net_state_dict"].items():
+        assert torch.equal(net.state_dict()[name], tensor), "episode 3's snapshot is the policy it ended with"
     for png in (folder / "learning.png", tmp_path / "learning.png"):
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] > 500
