@@ -87,25 +87,26 @@ def saved_state(folder: Path) -> tuple[int, float]:
     return int(state["episode"]), float(state["elapsed_seconds"])
 
 
-def snapshot(folder: Path) -> Path:
-    """The latest policy as a checkpoint of its own, kept for every evaluation, so the best measured can be shipped."""
-    state = torch.load(resume_path(folder / "policy_dqn.pt"), map_location="cpu", weights_only=True)
-    path = folder / "policies" / f"episode-{int(state['episode'])}.pt"
+def snapshot(folder: Path, episode: int) -> Path:
+    """The policy saved at `episode` as a checkpoint of its own, kept for every evaluation, so the best measured
+    can be shipped. The resumable state (replay memory included) is read only if the file is not there yet."""
+    path = folder / "policies" / f"episode-{episode}.pt"
     if not path.exists():
+        state = torch.load(resume_path(folder / "policy_dqn.pt"), map_location="cpu", weights_only=True)
         path.parent.mkdir(exist_ok=True)
         save_checkpoint(path, {key: state[key] for key in (*CHECKPOINT_KEYS, "config")})
     return path
 
 
-def evaluate(folder: Path, policy: str, objects: str, args: argparse.Namespace, deadline: float) -> dict:
-    checkpoint = snapshot(folder) if policy == "greedy" else resume_path(folder / "policy_dqn.pt")
+def evaluate(checkpoint: Path, policy: str, objects: str, args: argparse.Namespace, deadline: float,
+             episode: int = 0, seconds: float = 0.0) -> dict:
+    """One evaluation as a CSV row; `episode` and `seconds` are the training done so far (0 for the random policy)."""
     command = [sys.executable, str(ROOT / "bullet_kuka_eval.py"), "--policy", policy, "--objects", objects,
                "--episodes", str(args.eval_episodes), "--seed", str(args.eval_seed), "--num-envs", str(args.eval_envs),
                "--device", args.eval_device, "--checkpoint", str(checkpoint)]
     match = SUCCESS_LINE.search(run(command, deadline, interrupt=False).stdout)
     successes, episodes = int(match.group(1)), int(match.group(2))
     low, high = wilson_interval(successes, episodes)
-    episode, seconds = saved_state(folder) if policy == "greedy" else (0, 0.0)
     return {"episode": episode, "train_seconds": round(seconds, 1), "policy": policy, "objects": objects,
             "successes": successes, "episodes": episodes, "rate": successes / episodes,
             "ci_low": round(low, 4), "ci_high": round(high, 4)}
@@ -205,13 +206,15 @@ def main() -> int:
         done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(csv_path)}
         for objects in ("test", "train"):
             if ("random", objects, 0) not in done:
-                append_row(csv_path, evaluate(folder, "random", objects, args, deadline))
+                append_row(csv_path, evaluate(resume_path(folder / "policy_dqn.pt"), "random", objects, args,
+                                              deadline))
         while True:
-            episode, _ = saved_state(folder)
+            episode, seconds = saved_state(folder)
             if episode > 0 and (episode % args.eval_every == 0 or episode >= args.episodes):
                 for objects in ("test", "train"):
                     if ("greedy", objects, episode) not in done:
-                        row = evaluate(folder, "greedy", objects, args, deadline)
+                        row = evaluate(snapshot(folder, episode), "greedy", objects, args, deadline, episode,
+                                       seconds)
                         append_row(csv_path, row)
                         done.add(("greedy", objects, episode))
                         print(f"{args.name}: episode {episode}, {objects} objects: {row['successes']}/"
