@@ -30,6 +30,7 @@ from common import (
     CHECKPOINT_KEYS,
     DQN,
     SCREEN_SIZE,
+    STOP_SIGNALS,
     EnvPool,
     EpisodeRecorder,
     FrameStack,
@@ -161,21 +162,29 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler's time limit): the run stops and saves its state as on Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 @contextlib.contextmanager
-def ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C back until the block ends, so that an episode is counted, logged and saved whole."""
+def stop_signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block ends, so that an episode is counted, logged and saved whole."""
     received: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.SIG_IGN:  # started with SIGINT ignored (nohup, a background job): keep it so
-        yield
-        return
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # started with SIGINT ignored (nohup, a background job): keep it so
+            signal.signal(signum, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if received:
-            raise KeyboardInterrupt
+            raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
 
 
 class Trainer:
@@ -313,7 +322,7 @@ class Trainer:
 
     def end_episode(self, reward: float, length: int) -> None:
         """The lecture's end of an episode: log it, save the best model, sync the target, check for solved."""
-        with ctrl_c_deferred():
+        with stop_signals_deferred():
             self._end_episode(reward, length)
         if self.args.clip_every and self.completed % self.args.clip_every == 0:
             self.log_greedy_episode()
@@ -502,14 +511,14 @@ def train(args: argparse.Namespace) -> int:
         tqdm.write(f"Resuming from {state_path} at episode {start_episode} ({trainer.memory_note})")
 
     failure: Optional[WorkerError] = None
-    interrupted = False
+    stop: Optional[KeyboardInterrupt] = None
     try:
         if args.num_envs == 1:
             run_lecture_loop(trainer, env)
         else:
             run_parallel_loop(trainer, env)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as signalled:  # Ctrl-C or SIGTERM
+        stop = signalled
     except WorkerError as error:
         failure = error
     finally:
@@ -522,8 +531,9 @@ def train(args: argparse.Namespace) -> int:
     if trainer.solved:
         print("Environment solved in {:d} episodes!\tAverage Score: {:.2f}".format(completed, mean_reward))
         print("Average Score: {:.2f}".format(mean_reward))
-    elif interrupted:
-        print(f"Interrupted after {completed} episodes: state saved to {state_path}; continue with --resume")
+    elif stop is not None:
+        how = "Terminated" if isinstance(stop, Terminated) else "Interrupted"
+        print(f"{how} after {completed} episodes: state saved to {state_path}; continue with --resume")
     if not checkpoint_path.exists():
         print(f"No best model saved yet (that starts after episode {BEST_MODEL_AFTER_EPISODE}); "
               f"the last policy is in {state_path}")
@@ -534,12 +544,18 @@ def train(args: argparse.Namespace) -> int:
     if failure is not None:
         print(f"error: {failure}; the run's state is saved in {state_path}: continue with --resume", file=sys.stderr)
         return 1
-    return 130 if interrupted else 0
+    if stop is not None:
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    return report_errors(lambda: train(args))
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        return report_errors(lambda: train(args))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

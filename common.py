@@ -44,6 +44,8 @@ TIMESTEP_SCALE = 10.0
 """With --timestep-input the network gets t / TIMESTEP_SCALE: an episode lasts about 7 actions."""
 CHECKPOINT_KEYS = ("policy_net_state_dict", "target_net_state_dict", "optimizer_policy_net_state_dict")
 """The lecture's checkpoint keys; checkpoints written here always carry them."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Ctrl-C and a polite `kill` (or a batch scheduler's time limit): training saves its state on either."""
 
 
 class UsageError(Exception):
@@ -305,13 +307,15 @@ class EnvPool:
                 process = context.Process(
                     target=_env_worker, args=(child_end, worker_seed(seed, index), is_test, max_steps),
                     name=f"env-worker-{index}", daemon=True)
-                # Ctrl-C reaches every process of the terminal; a worker born with SIGINT ignored
-                # leaves it to the main process, which stops the workers itself.
-                previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                # Ctrl-C reaches every process of the terminal, and a batch scheduler's SIGTERM every
+                # process of the job; a worker born with both ignored leaves them to the main process,
+                # which stops the workers itself.
+                previous_handlers = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
                 try:
                     process.start()
                 finally:
-                    signal.signal(signal.SIGINT, previous_handler)
+                    for signum, handler in previous_handlers.items():
+                        signal.signal(signum, handler)
                 child_end.close()
                 self.connections.append(parent_end)
                 self.processes.append(process)
@@ -353,14 +357,14 @@ class EnvPool:
         return replies
 
     def close(self) -> None:
-        """Stop every worker: ask politely, then terminate any that does not exit within 5 s."""
+        """Stop every worker: ask politely, then kill any that does not exit within 5 s (they ignore SIGTERM)."""
         for connection in self.connections:
             with contextlib.suppress(OSError):
                 connection.send(("close",))
         for process in self.processes:
             process.join(timeout=5)
             if process.is_alive():
-                process.terminate()
+                process.kill()
                 process.join()
         for connection in self.connections:
             connection.close()

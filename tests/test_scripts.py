@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -260,10 +261,12 @@ def test_cuda_without_a_gpu(workdir, script):
     assert_one_line_error(run_script(script, "--device", "cuda", cwd=workdir), "--device cuda")
 
 
-@pytest.mark.parametrize("num_envs", ["1", "2"])
-def test_ctrl_c_stops_cleanly_and_keeps_everything(workdir, num_envs):
-    # Ctrl-C in a terminal signals the whole process group, workers included. A shell that starts a
-    # job in the background ignores SIGINT for it, so the child restores the default first.
+@pytest.mark.parametrize("num_envs, signum", [("1", signal.SIGINT), ("2", signal.SIGINT), ("1", signal.SIGTERM),
+                                             ("2", signal.SIGTERM)])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_keeps_everything(workdir, num_envs, signum):
+    # Ctrl-C in a terminal signals the whole process group, workers included, and so does a batch
+    # scheduler's SIGTERM at a job's time limit. A shell that starts a job in the background ignores
+    # SIGINT for it, so the child restores the default first.
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", "1000", "--num-envs", num_envs,
          "--logdir", "runs/c", *FAST],
@@ -275,14 +278,15 @@ def test_ctrl_c_stops_cleanly_and_keeps_everything(workdir, num_envs):
         while not list((workdir / "runs" / "c").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(4)  # a few episodes into the loop
-        os.killpg(process.pid, signal.SIGINT)
+        os.killpg(process.pid, signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
 
-    assert process.returncode == 130, stderr
+    assert process.returncode == 128 + signum, stderr
     assert stderr == "", "no traceback from the main process or its workers"
-    assert "continue with --resume" in stdout
+    how = "Terminated" if signum == signal.SIGTERM else "Interrupted"
+    assert re.search(rf"^{how} after \d+ episodes: state saved to .*; continue with --resume$", stdout, re.M), stdout
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
     assert state["episode"] >= 1
     scalars, _ = read_events(workdir / "runs" / "c")
