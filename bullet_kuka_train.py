@@ -110,14 +110,14 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     sync.add_argument("--tau", type=probability, default=None,
                       help="Polyak averaging after every gradient step, target = tau * policy + (1 - tau) * target, "
                            "instead of copies by episodes")
-    parser.add_argument("--double-dqn", action="store_true",
+    parser.add_argument("--double-dqn", action=argparse.BooleanOptionalAction, default=False,
                         help="Double DQN target: the policy network picks a', the target network values it")
     parser.add_argument("--n-step", type=positive_int, default=1,
                         help="bootstrap n steps on from the discounted rewards in between (lecture: 1); "
                              "n >= --max-steps gives Monte Carlo returns")
-    parser.add_argument("--augment", action="store_true",
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                         help="random-shift augmentation of sampled states: pad 4 pixels, crop back at random")
-    parser.add_argument("--timestep-input", action="store_true",
+    parser.add_argument("--timestep-input", action=argparse.BooleanOptionalAction, default=False,
                         help="feed the episode's timestep to the network beside the frames (the slides' state); "
                              "the checkpoint records it, and the eval script rebuilds the network from the file")
     parser.add_argument("--learning-starts", type=non_negative_int, default=0,

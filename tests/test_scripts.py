@@ -303,3 +303,5 @@ def test_fast_preset_sets_its_defaults_and_command_line_flags_win():
     assert parse_args(["--preset", "fast", "--n-step", "5", "--gamma", "0.99"]).n_step == 5
     tau = parse_args(["--preset", "fast", "--tau", "0.01"])
     assert (tau.tau, tau.target_update_steps) == (0.01, None), "an explicit --tau replaces the preset's step sync"
+    ablation = parse_args(["--preset", "fast", "--no-double-dqn", "--no-augment"])
+    assert (ablation.double_dqn, ablation.augment, ablation.n_step) == (False, False, 3), "--no-X turns one option off"
