@@ -132,7 +132,9 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
     """Greedy success against episodes and against training hours, one colour per configuration."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     random_rates: dict[str, list[float]] = {"test": [], "train": []}
-    for colour, name in enumerate(names):
+    tab20 = matplotlib.colormaps["tab20"].colors
+    colours = tab20[0::2] + tab20[1::2]  # 10 strong colours, then their light shades: 20 before one repeats
+    for index, name in enumerate(names):
         rows = read_rows(results / name / "learning.csv")
         for r in rows:
             if r["policy"] == "random":
@@ -146,7 +148,7 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
                      [100 * (float(r["ci_high"]) - float(r["rate"])) for r in points]]
             for axis, x in ((axes[0], [int(r["episode"]) for r in points]),
                             (axes[1], [float(r["train_seconds"]) / 3600 for r in points])):
-                axis.errorbar(x, rate, yerr=error, fmt=style, color=f"C{colour}", capsize=3, markersize=4,
+                axis.errorbar(x, rate, yerr=error, fmt=style, color=colours[index % len(colours)], capsize=3, markersize=4,
                               label=f"{name}, {objects} objects")
     for axis, label in zip(axes, ("training episodes", "training hours (wall clock)")):
         for objects, style in (("test", "--"), ("train", ":")):
