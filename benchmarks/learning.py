@@ -148,8 +148,8 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
                      [100 * (float(r["ci_high"]) - float(r["rate"])) for r in points]]
             for axis, x in ((axes[0], [int(r["episode"]) for r in points]),
                             (axes[1], [float(r["train_seconds"]) / 3600 for r in points])):
-                axis.errorbar(x, rate, yerr=error, fmt=style, color=colours[index % len(colours)], capsize=3, markersize=4,
-                              label=f"{name}, {objects} objects")
+                axis.errorbar(x, rate, yerr=error, fmt=style, color=colours[index % len(colours)], capsize=3,
+                              markersize=4, label=f"{name}, {objects} objects")
     for axis, label in zip(axes, ("training episodes", "training hours (wall clock)")):
         for objects, style in (("test", "--"), ("train", ":")):
             if random_rates[objects]:
