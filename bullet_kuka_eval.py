@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -18,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from common import (
+    ACTION_NAMES,
     DQN,
     SCREEN_SIZE,
     EnvPool,
@@ -79,21 +81,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[EpisodeRecorder] = None) -> list[float]:
+Played = tuple[list[float], list[list[int]]]
+"""Each episode's final reward and the actions taken in it, in episode order."""
+
+
+def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[EpisodeRecorder] = None) -> Played:
     """One environment in this process, episode after episode, as in the lecture; prints each reward.
 
     A recorder gets the scene and the network's frame after the reset and after every step.
     """
-    rewards = []
+    rewards, sequences = [], []
     for i_episode in range(episodes):
         frames = FrameStack()
         frame = preprocess_frame(env.reset())
         state = frames.reset(frame)
         if recorder is not None:
             recorder.start(render_scene(env, recorder.size), frame)
-        done, step = False, 0
+        done, step, actions = False, 0, []
         while not done:
             action = policy(state[None], [0], [step])[0]
+            actions.append(action)
             obs, reward, done, _ = env.step(action)
             step += 1
             frame = preprocess_frame(obs)
@@ -101,11 +108,12 @@ def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[Epi
             if recorder is not None:
                 recorder.step(render_scene(env, recorder.size), frame, step, action, reward, done)
         rewards.append(reward)
+        sequences.append(actions)
         print("Episode: {0:d}, reward: {1}".format(i_episode + 1, reward))
-    return rewards
+    return rewards, sequences
 
 
-def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> list[float]:
+def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> Played:
     """The episodes shared out over the workers, worker i playing episodes i, i + N, ...; a seed fixes the scenes.
 
     Waiting workers get one batched forward pass. Each episode is printed once it and all the
@@ -117,23 +125,27 @@ def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> li
     stacks = [FrameStack() for _ in range(n)]
     states: list[Optional[np.ndarray]] = [None] * n  # None: the worker is resetting
     steps = [0] * n
+    actions_taken: list[list[int]] = [[] for _ in range(n)]
 
     def start_next(index: int) -> None:
         if queues[index]:
             playing[index] = queues[index].pop(0)
             states[index] = None
             steps[index] = 0
+            actions_taken[index] = []
             pool.reset(index)
 
     for index in range(n):
         start_next(index)
     rewards: dict[int, float] = {}
+    sequences: dict[int, list[int]] = {}
     printed = 0
     while printed < episodes:
         waiting = []
         for index, frame, reward, done in pool.results():
             if done:
                 rewards[playing[index]] = reward
+                sequences[playing[index]] = actions_taken[index]
                 start_next(index)
                 continue
             if states[index] is None:
@@ -148,8 +160,18 @@ def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> li
         if waiting:
             actions = policy(np.stack([states[i] for i in waiting]), waiting, [steps[i] for i in waiting])
             for index, action in zip(waiting, actions):
+                actions_taken[index].append(action)
                 pool.step(index, action)
-    return [rewards[i] for i in range(episodes)]
+    return [rewards[i] for i in range(episodes)], [sequences[i] for i in range(episodes)]
+
+
+def action_summary(sequences: list[list[int]]) -> str:
+    """How often each action was taken, and how many episodes took one action only: a policy that ignores
+    the scene repeats itself."""
+    counts = Counter(action for actions in sequences for action in actions)
+    repeated = sum(len(set(actions)) == 1 for actions in sequences)
+    taken = ", ".join(f"{name} {counts[action]}" for action, name in enumerate(ACTION_NAMES))
+    return f"Actions: {taken}; {repeated}/{len(sequences)} episodes repeat one action throughout"
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -196,9 +218,9 @@ def evaluate(args: argparse.Namespace) -> int:
                 return greedy_actions(policy_net, states, timesteps)
 
         if args.num_envs == 1:
-            rewards = run_episodes(env, policy, args.episodes, recorder)
+            rewards, sequences = run_episodes(env, policy, args.episodes, recorder)
         else:
-            rewards = run_episodes_in_parallel(env, policy, args.episodes)
+            rewards, sequences = run_episodes_in_parallel(env, policy, args.episodes)
     finally:
         env.close()
     if recorder is not None:
@@ -206,6 +228,7 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"Recorded {len(recorder.frames)} frames of {args.episodes} episode{'s' if args.episodes > 1 else ''} "
               f"in {args.gif}")
 
+    print(action_summary(sequences))
     successes = int(sum(rewards))
     low, high = wilson_interval(successes, args.episodes)
     print(f"Success rate: {successes}/{args.episodes} = {100 * successes / args.episodes:.1f}% "

@@ -124,8 +124,21 @@ def test_resume_continues_the_episode_count_and_saves_the_best_model(run_dir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Episode: 1, reward: ") and lines[1].startswith("Episode: 2, reward: ")
-    assert lines[2].startswith("Success rate: ") and "greedy policy on test objects" in lines[2]
+    assert re.fullmatch(r"Actions: stay \d+, x- \d+, x\+ \d+, y- \d+, y\+ \d+, turn- \d+, turn\+ \d+; "
+                        r"[0-2]/2 episodes repeat one action throughout", lines[2]), lines[2]
+    assert lines[3].startswith("Success rate: ") and "greedy policy on test objects" in lines[3]
     assert result.stderr == ""
+
+
+def test_evaluation_counts_the_actions_taken(workdir):
+    # One action per episode: every episode repeats its only action, and the counts add up to the episodes.
+    result = run_script("eval", "--policy", "random", "--episodes", "3", "--max-steps", "1", "--num-envs", "2",
+                        "--seed", "3", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.splitlines()[-2]
+    counts = [int(n) for n in re.findall(r"(?:stay|x-|x\+|y-|y\+|turn-|turn\+) (\d+)", summary)]
+    assert len(counts) == 7 and sum(counts) == 3, summary
+    assert summary.endswith("; 3/3 episodes repeat one action throughout"), summary
 
 
 def craft_resume_state(run_dir: Path, **changes) -> None:
