@@ -111,7 +111,8 @@ def test_training_and_evaluation_with_two_workers(workdir):
     lines = result.stdout.splitlines()
     assert [line.split(",")[0] for line in lines[:3]] == ["Episode: 1", "Episode: 2", "Episode: 3"]
     assert all(line.split("reward: ")[1] in ("0", "1") for line in lines[:3])
-    assert lines[3].startswith("Success rate: ") and "/3 = " in lines[3] and len(lines) == 4
+    assert lines[3].startswith("Actions: ") and lines[3].endswith("/3 episodes repeat one action throughout")
+    assert lines[4].startswith("Success rate: ") and "/3 = " in lines[4] and len(lines) == 5
 
 
 def test_evaluation_with_workers_repeats_itself(workdir):
@@ -121,7 +122,7 @@ def test_evaluation_with_workers_repeats_itself(workdir):
     assert first.stdout == second.stdout, "the same seed and --num-envs give the same episodes, in order"
     lines = first.stdout.splitlines()
     assert [line.split(",")[0] for line in lines[:6]] == [f"Episode: {i}" for i in range(1, 7)]
-    assert "random policy on test objects" in lines[6]
+    assert lines[6].startswith("Actions: ") and "random policy on test objects" in lines[7]
 
 
 def test_a_worker_killed_during_training_gives_one_line_and_keeps_the_state(workdir):

@@ -176,7 +176,7 @@ def test_eval_of_the_random_baseline_on_training_objects(workdir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split(",")[0] for line in lines[:2]] == ["Episode: 1", "Episode: 2"]
-    assert "random policy on train objects" in lines[2]
+    assert lines[2].startswith("Actions: ") and "random policy on train objects" in lines[3]
     assert result.stderr == ""
 
 
