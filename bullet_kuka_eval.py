@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
