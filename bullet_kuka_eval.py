@@ -97,16 +97,15 @@ def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[Epi
         state = frames.reset(frame)
         if recorder is not None:
             recorder.start(render_scene(env, recorder.size), frame)
-        done, step, actions = False, 0, []
+        done, actions = False, []
         while not done:
-            action = policy(state[None], [0], [step])[0]
+            action = policy(state[None], [0], [len(actions)])[0]
             actions.append(action)
             obs, reward, done, _ = env.step(action)
-            step += 1
             frame = preprocess_frame(obs)
             state = frames.push(frame)
             if recorder is not None:
-                recorder.step(render_scene(env, recorder.size), frame, step, action, reward, done)
+                recorder.step(render_scene(env, recorder.size), frame, len(actions), action, reward, done)
         rewards.append(reward)
         sequences.append(actions)
         print("Episode: {0:d}, reward: {1}".format(i_episode + 1, reward))
@@ -124,14 +123,12 @@ def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> Pl
     playing: list[int] = [0] * n
     stacks = [FrameStack() for _ in range(n)]
     states: list[Optional[np.ndarray]] = [None] * n  # None: the worker is resetting
-    steps = [0] * n
-    actions_taken: list[list[int]] = [[] for _ in range(n)]
+    actions_taken: list[list[int]] = [[] for _ in range(n)]  # this episode's, so far; their count is its timestep
 
     def start_next(index: int) -> None:
         if queues[index]:
             playing[index] = queues[index].pop(0)
             states[index] = None
-            steps[index] = 0
             actions_taken[index] = []
             pool.reset(index)
 
@@ -152,13 +149,12 @@ def run_episodes_in_parallel(pool: EnvPool, policy: Policy, episodes: int) -> Pl
                 states[index] = stacks[index].reset(frame)
             else:
                 states[index] = stacks[index].push(frame)
-                steps[index] += 1
             waiting.append(index)
         while printed in rewards:
             print("Episode: {0:d}, reward: {1}".format(printed + 1, rewards[printed]))
             printed += 1
         if waiting:
-            actions = policy(np.stack([states[i] for i in waiting]), waiting, [steps[i] for i in waiting])
+            actions = policy(np.stack([states[i] for i in waiting]), waiting, [len(actions_taken[i]) for i in waiting])
             for index, action in zip(waiting, actions):
                 actions_taken[index].append(action)
                 pool.step(index, action)
