@@ -252,6 +252,18 @@ def render_scene(env: Any, size: int = 256) -> np.ndarray:
     return np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
 
 
+def gripper_and_objects(env: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The gripper's (x, y) and each object's, in metres in the tray's plane: the simulator's truth.
+
+    For analysis only (benchmarks/approach_probe.py); the agent sees nothing but the camera.
+    """
+    import pybullet
+
+    gripper = pybullet.getLinkState(env._kuka.kukaUid, env._kuka.kukaEndEffectorIndex)[0][:2]
+    objects = [pybullet.getBasePositionAndOrientation(uid)[0][:2] for uid in env._objectUids]
+    return np.array(gripper), np.array(objects)
+
+
 def worker_seed(seed: int, index: int) -> int:
     """The seed of environment worker `index` in a run seeded with `seed`: distinct per worker, fixed per pair."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
@@ -261,7 +273,8 @@ def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
     Replies ("frame", frame, reward, done) with the preprocessed uint8 frame, so that the pipe
-    carries 1,600 bytes a step; ("scene", size) is answered with `render_scene` of the moment.
+    carries 1,600 bytes a step; ("scene", size) is answered with `render_scene` of the moment, and
+    ("positions",) with `gripper_and_objects`.
     """
     env = None
     try:
@@ -277,6 +290,8 @@ def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int
                 connection.send(("frame", preprocess_frame(obs), reward, bool(done)))
             elif command[0] == "scene":
                 connection.send(("scene", render_scene(env, command[1])))
+            elif command[0] == "positions":
+                connection.send(("positions", *gripper_and_objects(env)))
             else:
                 break
     except (EOFError, BrokenPipeError):
@@ -341,6 +356,12 @@ class EnvPool:
         """Worker `index`'s scene as `render_scene` draws it; call only while no other reply is due from it."""
         self._send(index, ("scene", size))
         return self._receive(index)[1]
+
+    def positions(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Worker `index`'s gripper and objects as `gripper_and_objects` gives them; call only while no other
+        reply is due from it."""
+        self._send(index, ("positions",))
+        return self._receive(index)[1:]
 
     def poll(self) -> bool:
         """Whether some worker has a reply waiting (or has died), without blocking."""

@@ -61,6 +61,21 @@ def test_worker_seeds_pick_different_objects():
     assert objects_in_scene(seeds[0]) == scenes[0]
 
 
+def test_a_worker_tells_where_its_gripper_and_objects_are():
+    with EnvPool(1, 3, is_test=False) as pool:
+        pool.reset(0)
+        pool.results()
+        gripper, objects = pool.positions(0)
+        assert gripper.shape == (2,) and objects.shape == (5, 2)
+        assert np.all((objects[:, 0] > 0.3) & (objects[:, 0] < 0.8) & (np.abs(objects[:, 1]) < 0.3)), "in the tray"
+        for action, axis, sign in ((2, 0, 1), (3, 1, -1)):  # x+, then y-
+            pool.step(0, action)
+            pool.results()
+            moved = pool.positions(0)[0] - gripper
+            assert sign * moved[axis] > max(0.01, 2 * abs(moved[1 - axis])), (action, moved)  # the arm lags a little
+            gripper = gripper + moved
+
+
 def test_a_killed_worker_is_named_in_one_clear_error():
     with EnvPool(2, 1, is_test=False) as pool:
         pool.reset(0)
