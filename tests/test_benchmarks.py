@@ -15,6 +15,9 @@ from PIL import Image
 from common import CHECKPOINT_KEYS, DQN, load_checkpoint, preprocess_frame, resume_path
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import approach_probe  # noqa: E402
+
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
 TRAIN = ("--", "--max-steps", "3", "--batch-size", "4", "--device", "cpu")
 
@@ -102,3 +105,33 @@ def test_input_probe_keeps_the_real_observation_and_reuses_its_episodes(tmp_path
     assert [(r["input"], r["network"]) for r in rows] == [
         (i, k) for i in ("gray40", "rgb48", "rgb96") for k in ("lecture", "spatial")]
     assert all(int(r["train"]) + int(r["test"]) == int((data["timestep"] >= 2).sum()) for r in rows)
+
+
+def test_approach_probe_labels_the_moves_and_reuses_its_episodes(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "approach_probe.py"), "--out", str(tmp_path),
+               "--episodes", "6", "--epochs", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "6 episodes collected" in first.stdout and first.stderr == ""
+
+    data = np.load(tmp_path / "episodes.npz")
+    n = len(data["action"])
+    assert n > 0 and data["stack40"].shape == (n, 5, 40, 40) and data["rgb96"].shape == (n, 3, 96, 96)
+    assert set(data["action"].tolist()) <= {1, 2, 3, 4}, "only moves in the tray's plane are labelled"
+    assert set(data["episode"].tolist()) <= set(range(6))
+    assert data["gripper"].shape == (n, 2) and data["objects"].shape == (n, 5, 2)
+    approach = data["approach"]
+    assert np.all(np.abs(approach) < 2) and approach.min() < 0 < approach.max(), "random moves go both ways"
+    # Each label belongs to its own move, whichever worker replied first: the simulator's positions
+    # before the move, with the gripper going one action length, account for most of it.
+    ideal = approach_probe.ideal_approach(dict(data))
+    assert 1 - ((ideal - approach) ** 2).mean() / approach.var() > 0.6
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"6 episodes from {tmp_path / 'episodes.npz'}" in second.stdout
+    with open(tmp_path / "approach_probe.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["input"], float(r["fraction"])) for r in rows] == [
+        (i, f) for i in ("stack40", "rgb96") for f in (0.25, 0.5, 1.0)]
+    assert all(int(r["test"]) == int((data["episode"] % 5 == 4).sum()) for r in rows)

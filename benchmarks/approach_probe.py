@@ -1,0 +1,203 @@
+"""Can the lecture's network see where the gripper is relative to the objects? A supervised probe.
+
+    python benchmarks/approach_probe.py                 # 1,000 random episodes, then the probes
+
+Grasping needs the gripper over an object before it closes, so a Q-network that generalises must at
+least read from its state which move brings the gripper closer to one. The uniform random policy
+plays `--episodes` episodes on training objects in 2 workers. Each move (x-, x+, y-, y+) is
+labelled with its approach: by how many action lengths (0.06 m) it brought the gripper closer to the
+nearest object, in the tray's plane, with the objects where they were before the move. The
+simulator's positions give the label; the networks see only images. The episodes are saved in
+`--out` and reused by later calls with the same `--episodes` and `--seed`.
+
+Networks learn the approach of the move taken, as their output for that action, from the state
+before it, with random shifts, on a quarter, half and all of 4 episodes in 5; they are scored on the
+5th by R^2 (0: no better than the held-out mean; 1: exact), best over the epochs, and on the moves
+they learned from at the end, to tell memorising from reading the scene:
+  stack40: the lecture's state (5 frames, 40x40 grayscale) and network;
+  rgb96: the camera at 96x96 RGB, the latest frame only, with the lecture's network.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common import (  # noqa: E402
+    DQN, EnvPool, FrameStack, atomic_write, positive_int, random_shift, to_float,
+)
+
+MOVES = (1, 2, 3, 4)
+"""x-, x+, y-, y+: the actions that move the gripper in the tray's plane."""
+ACTION_LENGTH = 0.06
+"""Metres the environment's arm is told to move per action (KukaDiverseObjectEnv's dv)."""
+DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
+REACH = ((0.50, -0.17), (0.65, 0.22))
+"""The (x, y) box pybullet's arm (kuka.py) clips the gripper's target to."""
+
+
+def nearest(objects: np.ndarray, gripper: np.ndarray) -> float:
+    return float(np.linalg.norm(objects - gripper, axis=1).min())
+
+
+def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
+    """Random-policy episodes: per move its state, the 96x96 scene, the action, the approach, the episode, and
+    where the gripper and the objects were before the move."""
+    rng = random.Random(seed)
+    columns: dict[str, list] = {"stack40": [], "rgb96": [], "action": [], "approach": [], "episode": [],
+                                "gripper": [], "objects": []}
+    with EnvPool(num_envs, seed, is_test=False) as pool:
+        stacks = [FrameStack() for _ in range(num_envs)]
+        states: list = [None] * num_envs
+        moving: list = [None] * num_envs  # a move's record until its worker replies; None after other actions
+        episode_of = list(range(num_envs))
+        started, finished = num_envs, 0
+        for index in range(num_envs):
+            pool.reset(index)
+        while finished < episodes:
+            for index, frame, _reward, done in pool.results():
+                if moving[index] is not None:
+                    record = moving[index]
+                    gripper_after = pool.positions(index)[0]
+                    record["approach"] = (nearest(record["objects"], record["gripper"])
+                                          - nearest(record["objects"], gripper_after)) / ACTION_LENGTH
+                    for key, value in record.items():
+                        columns[key].append(value)
+                    moving[index] = None
+                if done:
+                    finished += 1
+                    states[index] = None
+                    if started < episodes:
+                        episode_of[index], started = started, started + 1
+                        pool.reset(index)
+                    continue
+                states[index] = stacks[index].reset(frame) if states[index] is None else stacks[index].push(frame)
+                action = rng.randrange(pool.n_actions)
+                if action in MOVES:
+                    gripper, objects = pool.positions(index)
+                    moving[index] = dict(stack40=states[index], rgb96=pool.scene(index, 96).transpose(2, 0, 1),
+                                         action=action, episode=episode_of[index], gripper=gripper, objects=objects)
+                pool.step(index, action)
+    data = {key: np.array(value) for key, value in columns.items()}
+    data["approach"] = data["approach"].astype(np.float32)
+    return data
+
+
+def ideal_approach(data: dict[str, np.ndarray]) -> np.ndarray:
+    """The approach each move would have if the gripper went exactly one action length (within its reach)."""
+    steps = ACTION_LENGTH * np.array([DIRECTIONS[int(a)] for a in data["action"]])
+    moved = np.clip(data["gripper"] + steps, *REACH)
+    objects = data["objects"]
+    before = np.linalg.norm(objects - data["gripper"][:, None], axis=2).min(axis=1)
+    after = np.linalg.norm(objects - moved[:, None], axis=2).min(axis=1)
+    return ((before - after) / ACTION_LENGTH).astype(np.float32)
+
+
+def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    return float(1 - ((predicted - target) ** 2).mean() / ((target - target.mean()) ** 2).mean())
+
+
+def fit_approach(net: DQN, images: torch.Tensor, actions: torch.Tensor, approach: torch.Tensor, train: np.ndarray,
+                 test: np.ndarray, epochs: int, rng: np.random.Generator, pad: int) -> tuple[list[float], float]:
+    """Held-out R^2 after each epoch of training `net`'s output for the action taken, and R^2 on `train` at the end."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, weight_decay=1e-4)
+
+    def predict(index: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([net(images[index[i:i + 256]]).gather(1, actions[index[i:i + 256], None])[:, 0]
+                              for i in range(0, len(index), 256)])
+
+    scores = []
+    for _ in range(epochs):
+        net.train()
+        order = rng.permutation(train)
+        for start in range(0, len(order), 64):
+            index = order[start:start + 64]
+            predicted = net(random_shift(images[index], pad)).gather(1, actions[index, None])[:, 0]
+            loss = F.mse_loss(predicted, approach[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        scores.append(r_squared(predict(test), approach[test]))
+    return scores, r_squared(predict(train), approach[train])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=positive_int, default=1000, help="random-policy episodes to learn from")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="epochs of each probe")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the probes")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "approach-probe",
+                        help="folder for the episodes (episodes.npz) and the scores (approach_probe.csv)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    episodes_path = args.out / "episodes.npz"
+    data = {}
+    if episodes_path.exists():
+        with np.load(episodes_path) as saved:
+            if saved["settings"].tolist() == [args.episodes, args.seed]:
+                data = {key: saved[key] for key in saved.files}
+                print(f"{args.episodes} episodes from {episodes_path}")
+    if not data:
+        start = time.time()
+        data = collect(args.episodes, args.seed)
+        data["settings"] = np.array([args.episodes, args.seed])
+        with atomic_write(episodes_path) as file:
+            np.savez(file, **data)
+        print(f"{args.episodes} episodes collected in {time.time() - start:.0f} s, saved in {episodes_path}")
+    approach, actions = torch.from_numpy(data["approach"]), torch.from_numpy(data["action"]).long()
+    print(f"{len(approach)} moves; approach per move: mean {approach.mean():.3f}, "
+          f"standard deviation {approach.std():.3f} action lengths")
+
+    held_out = data["episode"] % 5 == 4
+    train_all, test = np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    mean_of = {a: approach[train_all][actions[train_all] == a].mean() for a in MOVES}
+    by_action = torch.stack([mean_of[int(a)] for a in actions[test]])
+    ideal = torch.from_numpy(ideal_approach(data))
+    print(f"the action alone (its mean approach): held-out R^2 {r_squared(by_action, approach[test]):.3f}\n"
+          f"the simulator's positions, the gripper moving one action length: held-out R^2 "
+          f"{r_squared(ideal[test], approach[test]):.3f}\n\n"
+          "| input | moves learned from | best held-out R^2 | R^2 on the moves learned from | seconds |\n"
+          "| --- | --: | --: | --: | --: |")
+    rows = []
+    for name in ("stack40", "rgb96"):
+        images = to_float(torch.from_numpy(data[name]))
+        channels, size = images.shape[1], images.shape[-1]
+        for fraction in (0.25, 0.5, 1.0):
+            train = train_all[data["episode"][train_all] < fraction * args.episodes]
+            torch.manual_seed(args.seed)
+            start = time.time()
+            scores, train_score = fit_approach(DQN(size, size, 7, in_channels=channels), images, actions, approach,
+                                               train, test, args.epochs, np.random.default_rng(args.seed),
+                                               pad=max(2, size // 10))
+            row = dict(input=name, fraction=fraction, train=len(train), test=len(test),
+                       best_r2=round(max(scores), 3), train_r2=round(train_score, 3),
+                       seconds=round(time.time() - start))
+            rows.append(row)
+            print(f"| {name} | {len(train)} | {row['best_r2']:.3f} | {row['train_r2']:.3f} | {row['seconds']} |",
+                  flush=True)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(args.out / "approach_probe.csv") as file:
+        file.write(table.getvalue().encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
