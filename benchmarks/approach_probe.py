@@ -38,17 +38,18 @@ from common import (  # noqa: E402
     DQN, EnvPool, FrameStack, atomic_write, positive_int, random_shift, to_float,
 )
 
-MOVES = (1, 2, 3, 4)
-"""x-, x+, y-, y+: the actions that move the gripper in the tray's plane."""
+DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
+"""x-, x+, y-, y+: the actions that move the gripper in the tray's plane, and which way."""
+MOVES = tuple(DIRECTIONS)
 ACTION_LENGTH = 0.06
 """Metres the environment's arm is told to move per action (KukaDiverseObjectEnv's dv)."""
-DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
 REACH = ((0.50, -0.17), (0.65, 0.22))
 """The (x, y) box pybullet's arm (kuka.py) clips the gripper's target to."""
 
 
-def nearest(objects: np.ndarray, gripper: np.ndarray) -> float:
-    return float(np.linalg.norm(objects - gripper, axis=1).min())
+def nearest(objects: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance from each (x, y) point to the nearest of its objects: (..., 2) points, (..., N, 2) objects."""
+    return np.linalg.norm(objects - points[..., None, :], axis=-1).min(axis=-1)
 
 
 def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
@@ -70,8 +71,8 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
                 if moving[index] is not None:
                     record = moving[index]
                     gripper_after = pool.positions(index)[0]
-                    record["approach"] = (nearest(record["objects"], record["gripper"])
-                                          - nearest(record["objects"], gripper_after)) / ACTION_LENGTH
+                    record["approach"] = float(nearest(record["objects"], record["gripper"])
+                                               - nearest(record["objects"], gripper_after)) / ACTION_LENGTH
                     for key, value in record.items():
                         columns[key].append(value)
                     moving[index] = None
@@ -98,10 +99,8 @@ def ideal_approach(data: dict[str, np.ndarray]) -> np.ndarray:
     """The approach each move would have if the gripper went exactly one action length (within its reach)."""
     steps = ACTION_LENGTH * np.array([DIRECTIONS[int(a)] for a in data["action"]])
     moved = np.clip(data["gripper"] + steps, *REACH)
-    objects = data["objects"]
-    before = np.linalg.norm(objects - data["gripper"][:, None], axis=2).min(axis=1)
-    after = np.linalg.norm(objects - moved[:, None], axis=2).min(axis=1)
-    return ((before - after) / ACTION_LENGTH).astype(np.float32)
+    approach = (nearest(data["objects"], data["gripper"]) - nearest(data["objects"], moved)) / ACTION_LENGTH
+    return approach.astype(np.float32)
 
 
 def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
