@@ -20,8 +20,6 @@ they learned from at the end, to tell memorising from reading the scene:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import random
 import sys
 import time
@@ -33,10 +31,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import (  # noqa: E402
-    DQN, EnvPool, FrameStack, atomic_write, positive_int, random_shift, to_float,
-)
+from common import DQN, EnvPool, FrameStack, positive_int, random_shift, to_float  # noqa: E402
+from input_probe import saved_episodes, write_rows  # noqa: E402
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
 """x-, x+, y-, y+: the actions that move the gripper in the tray's plane, and which way."""
@@ -143,21 +141,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    episodes_path = args.out / "episodes.npz"
-    data = {}
-    if episodes_path.exists():
-        with np.load(episodes_path) as saved:
-            if saved["settings"].tolist() == [args.episodes, args.seed]:
-                data = {key: saved[key] for key in saved.files}
-                print(f"{args.episodes} episodes from {episodes_path}")
-    if not data:
-        start = time.time()
-        data = collect(args.episodes, args.seed)
-        data["settings"] = np.array([args.episodes, args.seed])
-        with atomic_write(episodes_path) as file:
-            np.savez(file, **data)
-        print(f"{args.episodes} episodes collected in {time.time() - start:.0f} s, saved in {episodes_path}")
+    data = saved_episodes(args.out, args.episodes, args.seed, collect)
     approach, actions = torch.from_numpy(data["approach"]), torch.from_numpy(data["action"]).long()
     print(f"{len(approach)} moves; approach per move: mean {approach.mean():.3f}, "
           f"standard deviation {approach.std():.3f} action lengths")
@@ -189,12 +173,7 @@ def main() -> int:
             rows.append(row)
             print(f"| {name} | {len(train)} | {row['best_r2']:.3f} | {row['train_r2']:.3f} | {row['seconds']} |",
                   flush=True)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(args.out / "approach_probe.csv") as file:
-        file.write(table.getvalue().encode())
+    write_rows(args.out / "approach_probe.csv", rows)
     return 0
 
 

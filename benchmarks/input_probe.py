@@ -22,6 +22,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,6 +71,35 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
     return data
 
 
+def saved_episodes(out: Path, episodes: int, seed: int,
+                   collect: Callable[[int, int], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`out`/episodes.npz if it holds `episodes` episodes of `seed`; otherwise `collect` them and save them there."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "episodes.npz"
+    if path.exists():
+        with np.load(path) as saved:
+            if saved["settings"].tolist() == [episodes, seed]:
+                print(f"{episodes} episodes from {path}")
+                return {key: saved[key] for key in saved.files}
+    start = time.time()
+    data = collect(episodes, seed)
+    data["settings"] = np.array([episodes, seed])
+    with atomic_write(path) as file:
+        np.savez(file, **data)
+    print(f"{episodes} episodes collected in {time.time() - start:.0f} s, saved in {path}")
+    return data
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """A probe's scores as CSV, written whole or not at all."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as file:
+        file.write(table.getvalue().encode())
+
+
 def spatial_net(channels: int, size: int) -> nn.Module:
     convolutions = nn.Sequential(
         nn.Conv2d(channels, 32, 3, 2 if size > 64 else 1, 1), nn.ReLU(),
@@ -93,21 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    episodes_path = args.out / "episodes.npz"
-    data = {}
-    if episodes_path.exists():
-        with np.load(episodes_path) as saved:
-            if saved["settings"].tolist() == [args.episodes, args.seed]:
-                data = {key: saved[key] for key in saved.files}
-                print(f"{args.episodes} episodes from {episodes_path}")
-    if not data:
-        start = time.time()
-        data = collect(args.episodes, args.seed)
-        data["settings"] = np.array([args.episodes, args.seed])
-        with atomic_write(episodes_path) as file:
-            np.savez(file, **data)
-        print(f"{args.episodes} episodes collected in {time.time() - start:.0f} s, saved in {episodes_path}")
+    data = saved_episodes(args.out, args.episodes, args.seed, collect)
     first = data["timestep"] == 0
     print(f"{len(data['timestep'])} states, random-policy success {data['outcome'][first].mean():.3f}")
 
@@ -135,12 +151,7 @@ def main() -> int:
                 rows.append(row)
                 print(f"| {name} | {kind} | {row['best_auc']:.3f} | {row['last3_auc']:.3f} | {row['seconds']} |",
                       flush=True)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_write(args.out / "input_probe.csv") as file:
-        file.write(table.getvalue().encode())
+    write_rows(args.out / "input_probe.csv", rows)
     return 0
 
 
