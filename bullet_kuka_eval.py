@@ -21,10 +21,10 @@ import numpy as np
 from common import (
     ACTION_NAMES,
     DQN,
-    SCREEN_SIZE,
     EnvPool,
     EpisodeRecorder,
     FrameStack,
+    Observation,
     OneLineArgumentParser,
     UsageError,
     check_writable_folder,
@@ -34,8 +34,8 @@ from common import (
     load_checkpoint,
     load_state,
     make_env,
+    observation_of,
     positive_int,
-    preprocess_frame,
     render_scene,
     report_errors,
     resolve_device,
@@ -85,15 +85,17 @@ Played = tuple[list[float], list[list[int]]]
 """Each episode's final reward and the actions taken in it, in episode order."""
 
 
-def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[EpisodeRecorder] = None) -> Played:
+def run_episodes(env: Any, observation: Observation, policy: Policy, episodes: int,
+                 recorder: Optional[EpisodeRecorder] = None) -> Played:
     """One environment in this process, episode after episode, as in the lecture; prints each reward.
 
-    A recorder gets the scene and the network's frame after the reset and after every step.
+    Camera images become `observation`'s frames. A recorder gets the scene and the network's frame
+    after the reset and after every step.
     """
     rewards, sequences = [], []
     for i_episode in range(episodes):
         frames = FrameStack()
-        frame = preprocess_frame(env.reset())
+        frame = observation.preprocess(env.reset())
         state = frames.reset(frame)
         if recorder is not None:
             recorder.start(render_scene(env, recorder.size), frame)
@@ -102,7 +104,7 @@ def run_episodes(env: Any, policy: Policy, episodes: int, recorder: Optional[Epi
             action = policy(state[None], [0], [len(actions)])[0]
             actions.append(action)
             obs, reward, done, _ = env.step(action)
-            frame = preprocess_frame(obs)
+            frame = observation.preprocess(obs)
             state = frames.push(frame)
             if recorder is not None:
                 recorder.step(render_scene(env, recorder.size), frame, len(actions), action, reward, done)
@@ -188,13 +190,16 @@ def evaluate(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.checkpoint}: no such checkpoint file yet (training saves the best model after "
                              f"episode 100); to evaluate the latest policy, pass --checkpoint {latest}")
         checkpoint = load_checkpoint(args.checkpoint, device, ("policy_net_state_dict",))
+        config = checkpoint_config(checkpoint, args.checkpoint)
+    observation = Observation() if checkpoint is None else observation_of(config)
 
     is_test = args.objects == "test"
     if args.num_envs == 1:
-        env = make_env(is_test=is_test, max_steps=args.max_steps, renders=args.render)
+        env = make_env(is_test=is_test, max_steps=args.max_steps, renders=args.render,
+                       camera_size=observation.camera_size)
         n_actions = env.action_space.n
     else:
-        env = EnvPool(args.num_envs, args.seed, is_test=is_test, max_steps=args.max_steps)
+        env = EnvPool(args.num_envs, args.seed, is_test=is_test, max_steps=args.max_steps, observation=observation)
         n_actions = env.n_actions
     recorder = EpisodeRecorder() if args.gif is not None else None
     try:
@@ -205,8 +210,7 @@ def evaluate(args: argparse.Namespace) -> int:
             def policy(states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
                 return [rngs[index].randrange(n_actions) for index in indices]
         else:
-            config = checkpoint_config(checkpoint, args.checkpoint)
-            policy_net = DQN.from_config(config, SCREEN_SIZE, SCREEN_SIZE, n_actions).to(device)
+            policy_net = DQN.from_config(config, n_actions).to(device)
             load_state(policy_net, checkpoint, "policy_net_state_dict", args.checkpoint)
             policy_net.eval()
 
@@ -214,7 +218,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 return greedy_actions(policy_net, states, timesteps)
 
         if args.num_envs == 1:
-            rewards, sequences = run_episodes(env, policy, args.episodes, recorder)
+            rewards, sequences = run_episodes(env, observation, policy, args.episodes, recorder)
         else:
             rewards, sequences = run_episodes_in_parallel(env, policy, args.episodes)
     finally:

@@ -32,8 +32,10 @@ from common import (
     SCREEN_SIZE,
     STOP_SIGNALS,
     EnvPool,
+    EnvPool,
     EpisodeRecorder,
     FrameStack,
+    Observation,
     OneLineArgumentParser,
     ReplayMemory,
     UsageError,
@@ -43,6 +45,7 @@ from common import (
     display_problem,
     epsilon_by_episode,
     greedy_actions,
+    image_side,
     load_checkpoint,
     load_state,
     make_env,
@@ -51,7 +54,6 @@ from common import (
     optimize_model,
     positive_float,
     positive_int,
-    preprocess_frame,
     probability,
     report_errors,
     resolve_device,
@@ -120,6 +122,12 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--timestep-input", action=argparse.BooleanOptionalAction, default=False,
                         help="feed the episode's timestep to the network beside the frames (the slides' state); "
                              "the checkpoint records it, and the eval script rebuilds the network from the file")
+    parser.add_argument("--image-size", type=image_side, default=SCREEN_SIZE,
+                        help="side in pixels of the square frames the network sees (lecture: 40, resized from the "
+                             "48x48 camera); above 48 the camera renders at this size; the checkpoint records it")
+    parser.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=False,
+                        help="keep the camera's colour instead of the lecture's grayscale: 3 channels per frame; "
+                             "the checkpoint records it")
     parser.add_argument("--learning-starts", type=non_negative_int, default=0,
                         help="no gradient step before the memory holds this many transitions (lecture: one batch)")
     parser.add_argument("--eps-start", type=probability, default=0.9, help="epsilon at episode 0")
@@ -195,20 +203,22 @@ class Trainer:
     best model, may sync the target network and may meet the solve condition, as in the lecture.
     """
 
-    def __init__(self, args: argparse.Namespace, n_actions: int, device: torch.device, seed: int,
-                 resumed: Optional[dict[str, Any]], state_path: Path) -> None:
+    def __init__(self, args: argparse.Namespace, observation: Observation, n_actions: int, device: torch.device,
+                 seed: int, resumed: Optional[dict[str, Any]], state_path: Path) -> None:
         self.args = args
         self.n_actions = n_actions
         self.rng = random.Random(seed)
         self.clip_seed = worker_seed(seed, args.num_envs)  # not one of the training workers' seeds
         self.clip_pool: Optional[EnvPool] = None  # started for the first clip
         self.example_logged = False
-        self.policy_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions, args.timestep_input).to(device)
-        self.target_net = DQN(SCREEN_SIZE, SCREEN_SIZE, n_actions, args.timestep_input).to(device)
+        self.observation = observation
+        self.policy_net = DQN.for_observation(self.observation, n_actions, args.timestep_input).to(device)
+        self.target_net = DQN.for_observation(self.observation, n_actions, args.timestep_input).to(device)
         self.target_net.load_state_dict(self.policy_net.state_dict())
         self.target_net.eval()
         self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
-        self.memory = ReplayMemory(args.memory, device, num_streams=args.num_envs, seed=seed)
+        self.memory = ReplayMemory(args.memory, device, num_streams=args.num_envs, seed=seed,
+                                   frame_shape=self.observation.frame_shape)
 
         self.completed = 0
         self.total_rewards: list[float] = []
@@ -219,8 +229,8 @@ class Trainer:
         if resumed:
             saved_config = checkpoint_config(resumed, state_path)
             if saved_config != self.policy_net.config:
-                flag = "with" if saved_config["timestep_input"] else "without"
-                raise UsageError(f"{state_path} was saved by a run {flag} --timestep-input; resume it the same way")
+                raise UsageError(f"{state_path} was saved by a run with {config_flags(saved_config)}; "
+                                 "resume it the same way")
             load_state(self.policy_net, resumed, "policy_net_state_dict", state_path)
             load_state(self.target_net, resumed, "target_net_state_dict", state_path)
             load_state(self.optimizer, resumed, "optimizer_policy_net_state_dict", state_path)
@@ -265,7 +275,8 @@ class Trainer:
     def log_example_screen(self, frame: np.ndarray) -> None:
         """The lecture's "Example extracted screen": the first frame the network sees in this run, logged once."""
         if not self.example_logged:
-            self.writer.add_image("example_extracted_screen", frame[None], self.completed, dataformats="CHW")
+            image = frame.reshape(-1, *frame.shape[-2:])  # a grayscale frame gets its one channel
+            self.writer.add_image("example_extracted_screen", image, self.completed, dataformats="CHW")
             self.example_logged = True
 
     def log_greedy_episode(self) -> None:
@@ -274,7 +285,8 @@ class Trainer:
         A separate process keeps the training environments' scenes and random draws as they were.
         """
         if self.clip_pool is None:
-            self.clip_pool = EnvPool(1, self.clip_seed, is_test=True, max_steps=self.args.max_steps)
+            self.clip_pool = EnvPool(1, self.clip_seed, is_test=True, max_steps=self.args.max_steps,
+                                     observation=self.observation)
         recorder = record_greedy_episode(self.clip_pool, self.policy_net)
         self.writer.add_image("greedy_episode_test_objects", recorder.strip(), self.completed - 1, dataformats="HWC")
 
@@ -384,6 +396,12 @@ class Trainer:
         }
 
 
+def config_flags(config: dict[str, Any]) -> str:
+    """A checkpoint's network configuration as the training flags that give it."""
+    return " ".join(("--timestep-input" if config["timestep_input"] else "--no-timestep-input",
+                     f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb"))
+
+
 def record_greedy_episode(pool: EnvPool, policy_net: torch.nn.Module) -> EpisodeRecorder:
     """One greedy episode in worker 0 of `pool`, the scene recorded at 192x192 beside the network's frames."""
     recorder = EpisodeRecorder(size=192)
@@ -407,12 +425,12 @@ def run_lecture_loop(trainer: Trainer, env: Any) -> None:
     """--num-envs 1: the lecture's loop in this process: act, step, store, learn, and so on to the episode's end."""
     while not trainer.finished:
         frames = FrameStack()
-        state = frames.reset(preprocess_frame(env.reset()))
+        state = frames.reset(trainer.observation.preprocess(env.reset()))
         trainer.log_example_screen(state[-1])
         for t in range(1, trainer.args.max_steps + 1):
             action = trainer.act(state[None], [t - 1])[0]
             obs, reward, done, _ = env.step(action)
-            next_state = None if done else frames.push(preprocess_frame(obs))
+            next_state = None if done else frames.push(trainer.observation.preprocess(obs))
             trainer.store(state, action, next_state, reward)
             state = next_state
             while trainer.owed() > 0:
@@ -495,15 +513,17 @@ def train(args: argparse.Namespace) -> int:
     # reseeds with its episode so that it does not replay the first episodes' scenes.
     seed = args.seed + start_episode
     seed_everything(seed)
+    observation = Observation(args.image_size, args.rgb)
     if args.num_envs == 1:
-        env = make_env(is_test=False, max_steps=args.max_steps, renders=args.render)
+        env = make_env(is_test=False, max_steps=args.max_steps, renders=args.render,
+                       camera_size=observation.camera_size)
         n_actions = env.action_space.n
     else:
         torch.set_num_threads(1)  # the other cores belong to the workers' physics
-        env = EnvPool(args.num_envs, seed, is_test=False, max_steps=args.max_steps)
+        env = EnvPool(args.num_envs, seed, is_test=False, max_steps=args.max_steps, observation=observation)
         n_actions = env.n_actions
     try:
-        trainer = Trainer(args, n_actions, device, seed, resumed, state_path)
+        trainer = Trainer(args, observation, n_actions, device, seed, resumed, state_path)
     except BaseException:
         env.close()
         raise

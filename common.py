@@ -24,6 +24,7 @@ import tempfile
 import warnings
 import zipfile
 from collections import deque, namedtuple
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -37,7 +38,11 @@ from PIL import Image, ImageDraw, ImageFont
 STACK_SIZE = 5
 """Consecutive screens in one state, as in the lecture."""
 SCREEN_SIZE = 40
-"""Side of the square grayscale screen the network sees."""
+"""Side of the square grayscale screen the network sees (the lecture's; --image-size changes it)."""
+CAMERA_SIZE = 48
+"""Side of the environment's camera image, its default and the lecture's."""
+MIN_IMAGE_SIZE = 36
+"""The smallest image side the lecture's three convolutions leave at least one pixel of."""
 ACTION_NAMES = ("stay", "x-", "x+", "y-", "y+", "turn-", "turn+")
 """The 7 discrete actions of the environment with the height hack: the gripper descends with each."""
 TIMESTEP_SCALE = 10.0
@@ -95,6 +100,14 @@ def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def image_side(text: str) -> int:
+    """argparse type: an image side in pixels that the lecture's convolutions can take, >= MIN_IMAGE_SIZE."""
+    value = int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels, got {text}")
     return value
 
 
@@ -229,15 +242,17 @@ def display_problem() -> Optional[str]:
     return None
 
 
-def make_env(is_test: bool, max_steps: int = 20, renders: bool = False) -> Any:
+def make_env(is_test: bool, max_steps: int = 20, renders: bool = False, camera_size: int = CAMERA_SIZE) -> Any:
     """The lecture's environment: 7 discrete actions, automatic descent, 48x48 RGB observations.
 
     `is_test` picks the held-out test objects instead of the training objects; `renders` opens
-    the PyBullet GUI (check `display_problem` first). The class drives pybullet's global client,
-    so keep one environment per process and close() it when done.
+    the PyBullet GUI (check `display_problem` first); `camera_size` renders the observations at
+    another size, from the same camera. The class drives pybullet's global client, so keep one
+    environment per process and close() it when done.
     """
     return _grasp_env_class()(
-        renders=renders, isDiscrete=True, removeHeightHack=False, maxSteps=max_steps, isTest=is_test
+        renders=renders, isDiscrete=True, removeHeightHack=False, maxSteps=max_steps, isTest=is_test,
+        width=camera_size, height=camera_size,
     )
 
 
@@ -269,25 +284,25 @@ def worker_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int) -> None:
+def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int, observation: Observation) -> None:
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
-    Replies ("frame", frame, reward, done) with the preprocessed uint8 frame, so that the pipe
-    carries 1,600 bytes a step; ("scene", size) is answered with `render_scene` of the moment, and
+    Replies ("frame", frame, reward, done) with the frame preprocessed for `observation`, so that
+    the pipe carries 1,600 bytes a step with the lecture's; ("scene", size) is answered with `render_scene` of the moment, and
     ("positions",) with `gripper_and_objects`.
     """
     env = None
     try:
         seed_everything(seed)
-        env = make_env(is_test, max_steps)
+        env = make_env(is_test, max_steps, camera_size=observation.camera_size)
         connection.send(("ready", env.action_space.n))
         while True:
             command = connection.recv()
             if command[0] == "reset":
-                connection.send(("frame", preprocess_frame(env.reset()), 0, False))
+                connection.send(("frame", observation.preprocess(env.reset()), 0, False))
             elif command[0] == "step":
                 obs, reward, done, _ = env.step(command[1])
-                connection.send(("frame", preprocess_frame(obs), reward, bool(done)))
+                connection.send(("frame", observation.preprocess(obs), reward, bool(done)))
             elif command[0] == "scene":
                 connection.send(("scene", render_scene(env, command[1])))
             elif command[0] == "positions":
@@ -312,7 +327,10 @@ class EnvPool:
     holds up no other. Send requests with `reset` and `step`, collect replies with `results`.
     """
 
-    def __init__(self, num_envs: int, seed: int, is_test: bool, max_steps: int = 20) -> None:
+    def __init__(self, num_envs: int, seed: int, is_test: bool, max_steps: int = 20,
+                 observation: Optional[Observation] = None) -> None:
+        """`observation` is what the workers' frames are preprocessed for; None: the lecture's."""
+        observation = observation or Observation()
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads or CUDA
         self.connections: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -320,7 +338,7 @@ class EnvPool:
             for index in range(num_envs):
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
-                    target=_env_worker, args=(child_end, worker_seed(seed, index), is_test, max_steps),
+                    target=_env_worker, args=(child_end, worker_seed(seed, index), is_test, max_steps, observation),
                     name=f"env-worker-{index}", daemon=True)
                 # Ctrl-C reaches every process of the terminal, and a batch scheduler's SIGTERM every
                 # process of the job; a worker born with both ignored leaves them to the main process,
@@ -428,26 +446,59 @@ class EnvPool:
 # ---------------------------------------------------------------------------
 
 
-def preprocess_frame(obs: np.ndarray) -> np.ndarray:
+def preprocess_frame(obs: np.ndarray, size: int = SCREEN_SIZE, rgb: bool = False) -> np.ndarray:
     """An RGB observation (H, W, 3) uint8 -> grayscale, bicubic 40x40, uint8 of shape (40, 40).
 
     Divided by 255 (see `to_float`) it is exactly the lecture's torchvision pipeline (ToPILImage,
     Grayscale, Resize(40, bicubic), ToTensor); kept as bytes, a frame costs 1,600 bytes in the replay memory.
+    Other options give a `size` x `size` frame (resized only if the camera's differs), and with
+    `rgb` the colour channels first: (3, size, size).
     """
     if obs.ndim != 3 or obs.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {obs.shape}")
-    gray = Image.fromarray(np.asarray(obs, dtype=np.uint8)).convert("L")
-    gray = gray.resize((SCREEN_SIZE, SCREEN_SIZE), Image.Resampling.BICUBIC)
-    return np.array(gray, dtype=np.uint8)
+    image = Image.fromarray(np.asarray(obs, dtype=np.uint8))
+    if not rgb:
+        image = image.convert("L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    frame = np.array(image, dtype=np.uint8)
+    return np.ascontiguousarray(frame.transpose(2, 0, 1)) if rgb else frame
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> the network's input, float32 in [0, 1]."""
+    """uint8 frames -> the network's input, float32 in [0, 1]; stacked colour frames (B, STACK_SIZE, 3, H, W)
+    become (B, 3 * STACK_SIZE, H, W), a frame's channels side by side."""
+    if frames.dim() == 5:
+        frames = frames.flatten(1, 2)
     return frames.float().div_(255.0)
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What the network sees of each camera image: a `size` x `size` frame, grayscale (the lecture's) or RGB.
+
+    The camera renders at the environment's 48x48, or at `size` when that is larger, so that a
+    larger input holds more detail rather than an enlarged image. Checkpoints record both fields.
+    """
+
+    size: int = SCREEN_SIZE
+    rgb: bool = False
+
+    @property
+    def camera_size(self) -> int:
+        return max(CAMERA_SIZE, self.size)
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size) if self.rgb else (self.size, self.size)
+
+    def preprocess(self, obs: np.ndarray) -> np.ndarray:
+        """A camera image as this observation's uint8 frame."""
+        return preprocess_frame(obs, self.size, self.rgb)
+
+
 class FrameStack:
-    """The last `size` preprocessed frames as one state, uint8 of shape (size, 40, 40).
+    """The last `size` preprocessed frames as one state, uint8 of shape (size, 40, 40) with the lecture's frames.
 
     An episode starts from `size` copies of its first frame, as in the lecture.
     """
@@ -470,8 +521,8 @@ class FrameStack:
 class EpisodeRecorder:
     """Frames of played episodes for a GIF or an image strip: the scene beside the network's view, captioned.
 
-    Each frame puts a `size` x `size` render of the scene next to the 40x40 grayscale frame the
-    network sees (enlarged, nearest neighbour), with the episode, the step, the action just taken
+    Each frame puts a `size` x `size` render of the scene next to the frame the network sees
+    (enlarged, nearest neighbour), with the episode, the step, the action just taken
     and, at the end, the outcome written under it. An episode gives one frame per step plus the first.
     """
 
@@ -500,8 +551,10 @@ class EpisodeRecorder:
         size, line_height = self.size, self.line_height
         frame = Image.new("RGB", (2 * size, size), "black")
         frame.paste(Image.fromarray(scene).resize((size, size), Image.Resampling.BILINEAR), (0, 0))
-        scale = max(1, (size - 3 * line_height - 8) // SCREEN_SIZE)
-        view = Image.fromarray(screen).resize((SCREEN_SIZE * scale, SCREEN_SIZE * scale), Image.Resampling.NEAREST)
+        side = screen.shape[-1]
+        scale = max(1, (size - 3 * line_height - 8) // side)
+        view = Image.fromarray(screen if screen.ndim == 2 else screen.transpose(1, 2, 0))
+        view = view.resize((side * scale, side * scale), Image.Resampling.NEAREST)
         left = size + (size - view.width) // 2
         frame.paste(view.convert("RGB"), (left, 4))
         draw = ImageDraw.Draw(frame)
@@ -529,7 +582,7 @@ class EpisodeRecorder:
 # ---------------------------------------------------------------------------
 
 Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done", "timestep", "next_timestep"))
-"""Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, 40, 40),
+"""Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, *frame shape),
 int64 actions, float32 rewards, bool `done`, and int64 timesteps (actions taken in the episode
 before `state` and before `next_state`); a terminal transition's `next_state` is meaningless."""
 
@@ -537,15 +590,16 @@ before `state` and before `next_state`); a terminal transition's `next_state` is
 class ReplayMemory:
     """The last `capacity` transitions, sampled uniformly, each frame stored once as uint8 on `device`.
 
-    A transition costs one 40x40 frame (1,600 bytes) and a few bytes of action, reward and
-    bookkeeping, against 64 KB for the lecture's two float stacks. States are rebuilt from the
+    A transition costs one frame (1,600 bytes with the lecture's 40x40) and a few bytes of action,
+    reward and bookkeeping, against 64 KB for the lecture's two float stacks. States are rebuilt from the
     frames their stream stored before them, so transitions arrive in `streams` (one per
     environment), each pushed in the order it happened, and each stream keeps its share of
     the capacity, as Stable-Baselines3 does with several environments.
     """
 
     def __init__(self, capacity: int, device: torch.device | str = "cpu", num_streams: int = 1,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, frame_shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)) -> None:
+        """`frame_shape` is one preprocessed frame's (`Observation.frame_shape`), the lecture's by default."""
         if capacity < num_streams:
             raise ValueError(f"capacity {capacity} is smaller than the number of streams {num_streams}")
         self.capacity = capacity
@@ -554,7 +608,7 @@ class ReplayMemory:
         # STACK_SIZE spare slots keep the frames of the oldest transition's state alive while the
         # newest next frame is written.
         self.slots = int(self.shares.max()) + STACK_SIZE
-        self.frames = torch.zeros((num_streams, self.slots, SCREEN_SIZE, SCREEN_SIZE), dtype=torch.uint8,
+        self.frames = torch.zeros((num_streams, self.slots, *frame_shape), dtype=torch.uint8,
                                   device=self.device)
         self.actions = np.zeros((num_streams, self.slots), dtype=np.int64)
         self.rewards = np.zeros((num_streams, self.slots), dtype=np.float32)
@@ -698,13 +752,17 @@ class DQN(nn.Module):
     Layer names match the lecture, so its state dicts load here with strict=True and back.
     `timestep_input` (opt-in; the slides' state includes t, the lecture's code does not) feeds the
     episode's timestep to the hidden layer beside the image features: one more input column there.
-    `in_channels` other than the frame stack is for analysis (benchmarks/input_probe.py) only.
+    `rgb` (opt-in) takes stacks of colour frames, three input channels per frame. `in_channels`
+    other than the frame stack's is for analysis (benchmarks/input_probe.py) only.
     """
 
-    def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False,
-                 in_channels: int = STACK_SIZE) -> None:
+    def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False, rgb: bool = False,
+                 in_channels: Optional[int] = None) -> None:
         super().__init__()
         self.timestep_input = timestep_input
+        self.rgb = rgb
+        self.image_size = h
+        in_channels = in_channels or STACK_SIZE * (3 if rgb else 1)
         self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=8, stride=4)
         self.bn1 = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=4, stride=2)
@@ -716,7 +774,7 @@ class DQN(nn.Module):
         self.head = nn.Linear(512, outputs)
 
     def forward(self, x: torch.Tensor, timestep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """States (B, STACK_SIZE, h, w), and with `timestep_input` their timesteps (B,) -> Q-values (B, outputs)."""
+        """States (B, channels, h, w), and with `timestep_input` their timesteps (B,) -> Q-values (B, outputs)."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.conv3(x)).flatten(start_dim=1)
@@ -730,12 +788,17 @@ class DQN(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """What a checkpoint records so that `DQN.from_config` rebuilds this network from the file alone."""
-        return {"timestep_input": self.timestep_input}
+        return {"timestep_input": self.timestep_input, "image_size": self.image_size, "rgb": self.rgb}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], h: int, w: int, outputs: int) -> "DQN":
-        """The network a checkpoint's `config` describes; an empty config is the lecture's network."""
-        return cls(h, w, outputs, timestep_input=bool(config.get("timestep_input", False)))
+    def for_observation(cls, observation: Observation, outputs: int, timestep_input: bool = False) -> "DQN":
+        """The lecture's network for stacks of `observation`'s frames."""
+        return cls(observation.size, observation.size, outputs, timestep_input, observation.rgb)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], outputs: int) -> "DQN":
+        """The network a checkpoint's `config` (as `checkpoint_config` reads it) describes."""
+        return cls.for_observation(observation_of(config), outputs, config["timestep_input"])
 
 
 # ---------------------------------------------------------------------------
@@ -880,12 +943,24 @@ def networks_state(policy_net: DQN, target_net: DQN, optimizer: torch.optim.Opti
     return {**state, "config": policy_net.config}
 
 
+LECTURE_CONFIG = {"timestep_input": False, "image_size": SCREEN_SIZE, "rgb": False}
+"""The lecture's network as a checkpoint's `config` records it; a key a checkpoint lacks takes its value here."""
+
+
 def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The network configuration a checkpoint records; the lecture's network when it records none."""
-    config = checkpoint.get("config", {"timestep_input": False})
-    if not isinstance(config, dict) or not isinstance(config.get("timestep_input"), bool):
-        raise CheckpointError(f"{path}: its 'config' is not a network configuration: {config!r}")
+    """The network configuration a checkpoint records, completed from the lecture's (older files record less)."""
+    saved = checkpoint.get("config", {})
+    config = {**LECTURE_CONFIG, **saved} if isinstance(saved, dict) else None
+    if (config is None or config.keys() != LECTURE_CONFIG.keys() or not isinstance(config["timestep_input"], bool)
+            or not isinstance(config["rgb"], bool) or type(config["image_size"]) is not int
+            or config["image_size"] < MIN_IMAGE_SIZE):
+        raise CheckpointError(f"{path}: its 'config' is not a network configuration: {saved!r}")
     return config
+
+
+def observation_of(config: dict[str, Any]) -> Observation:
+    """The frames a network of this checkpoint `config` takes."""
+    return Observation(config["image_size"], config["rgb"])
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (  # noqa: E402
-    DQN, SCREEN_SIZE, Batch, ReplayMemory, checkpoint_config, load_checkpoint, load_state, random_shift, to_float,
+    DQN, Batch, Observation, ReplayMemory, checkpoint_config, load_checkpoint, load_state, observation_of, random_shift,
+    to_float,
 )
 
 def roc_auc(scores: np.ndarray, outcomes: np.ndarray) -> float:
@@ -90,7 +91,7 @@ def fit_outcome(net: DQN, images: torch.Tensor, outcomes: torch.Tensor, train: n
     return scores
 
 
-def supervised_probe(batches: list[Batch], epochs: int, seed: int) -> None:
+def supervised_probe(batches: list[Batch], observation: Observation, epochs: int, seed: int) -> None:
     held_out = [np.arange(len(b.reward)) >= 0.8 * len(b.reward) for b in batches]
     late = [b.timestep.numpy() >= 4 for b in batches]
     states = torch.cat([to_float(b.state) for b in batches])
@@ -101,7 +102,7 @@ def supervised_probe(batches: list[Batch], epochs: int, seed: int) -> None:
     for fraction in (0.25, 0.5, 1.0):
         torch.manual_seed(seed)
         train = train_all[: int(len(train_all) * fraction)]
-        scores = fit_outcome(DQN(SCREEN_SIZE, SCREEN_SIZE, 1), states, outcomes, train, test, epochs, rng,
+        scores = fit_outcome(DQN.for_observation(observation, 1), states, outcomes, train, test, epochs, rng,
                              lr=1e-4, weight_decay=1e-3, batch_size=32, pad=4)
         print(f"supervised probe, late states: trained on {len(train)}, held out {len(test)}, "
               f"best held-out AUC over {epochs} epochs {max(scores):.3f}")
@@ -121,7 +122,8 @@ def main() -> int:
     state = load_checkpoint(args.state, cpu, ("replay_memory", "episode"))
     saved = state["replay_memory"]
     num_streams, slots = saved["frames"].shape[:2]
-    memory = ReplayMemory((slots - 5) * num_streams, num_streams=num_streams)
+    observation = observation_of(checkpoint_config(state, args.state))
+    memory = ReplayMemory((slots - 5) * num_streams, num_streams=num_streams, frame_shape=observation.frame_shape)
     memory.load_state_dict(saved)
     finished = [with_outcomes(memory.transitions(stream)) for stream in range(num_streams)]
     print(f"{args.state}: episode {state['episode']}, {sum(len(b.reward) for b in finished)} transitions "
@@ -129,7 +131,7 @@ def main() -> int:
 
     if args.checkpoint is not None:
         checkpoint = load_checkpoint(args.checkpoint, cpu, ("policy_net_state_dict", "episode"))
-        net = DQN.from_config(checkpoint_config(checkpoint, args.checkpoint), SCREEN_SIZE, SCREEN_SIZE,
+        net = DQN.from_config(checkpoint_config(checkpoint, args.checkpoint),
                               int(checkpoint["policy_net_state_dict"]["head.bias"].shape[0]))
         load_state(net, checkpoint, "policy_net_state_dict", args.checkpoint)
         net.eval()
@@ -137,7 +139,7 @@ def main() -> int:
         print(f"{args.checkpoint}: saved at episode {checkpoint['episode']}; "
               f"never seen: each stream's last {after} episodes")
         probe_checkpoint(net, finished, [newest_episodes(b, after) for b in finished])
-    supervised_probe(finished, args.epochs, args.seed)
+    supervised_probe(finished, observation, args.epochs, args.seed)
     return 0
 
 

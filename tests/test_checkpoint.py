@@ -10,7 +10,9 @@ import torch
 from common import (
     CHECKPOINT_KEYS,
     DQN,
+    LECTURE_CONFIG,
     CheckpointError,
+    checkpoint_config,
     load_checkpoint,
     load_state,
     resume_path,
@@ -97,6 +99,17 @@ def test_load_reports_faults_as_one_error_naming_the_file(tmp_path, case):
     assert str(path) in str(error.value)
     assert "\n" not in str(error.value)
     assert not marker.exists(), "loading must never run pickled code"
+
+
+def test_a_config_is_completed_from_the_lectures_and_checked():
+    path = Path("policy_dqn.pt")
+    assert checkpoint_config({}, path) == LECTURE_CONFIG, "a lecture file records no config"
+    assert checkpoint_config({"config": {"timestep_input": True}}, path) == {**LECTURE_CONFIG, "timestep_input": True}
+    colour = {"timestep_input": False, "image_size": 96, "rgb": True}
+    assert checkpoint_config({"config": colour}, path) == colour
+    for bad in ({"image_size": 20}, {"image_size": 96.0}, {"rgb": "yes"}, {"frames": 4}, "rgb"):
+        with pytest.raises(CheckpointError, match="policy_dqn.pt: its 'config' is not a network configuration"):
+            checkpoint_config({"config": bad}, path)
 
 
 def test_a_state_dict_of_another_shape_is_refused(tmp_path):

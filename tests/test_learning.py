@@ -15,7 +15,9 @@ from common import (
     SCREEN_SIZE,
     STACK_SIZE,
     TIMESTEP_SCALE,
+    LECTURE_CONFIG,
     FrameStack,
+    Observation,
     ReplayMemory,
     conv2d_size_out,
     epsilon_by_episode,
@@ -67,18 +69,19 @@ def test_state_dict_has_the_lectures_names_and_shapes():
     assert torch.equal(net.head.bias, lecture_style["head.bias"])
 
 
-def random_frame(rng: np.random.Generator) -> np.ndarray:
-    return rng.integers(0, 256, (SCREEN_SIZE, SCREEN_SIZE), dtype=np.uint8)
+def random_frame(rng: np.random.Generator, shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)) -> np.ndarray:
+    return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
-def episodes(rng: np.random.Generator, lengths: list[int]) -> Iterator[tuple]:
+def episodes(rng: np.random.Generator, lengths: list[int],
+             shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)) -> Iterator[tuple]:
     """Transitions (state, action, next_state, reward, done) of episodes of the given lengths, as FrameStack makes them."""
     for length in lengths:
         stack = FrameStack()
-        state = stack.reset(random_frame(rng))
+        state = stack.reset(random_frame(rng, shape))
         for t in range(length):
             done = t == length - 1
-            next_state = None if done else stack.push(random_frame(rng))
+            next_state = None if done else stack.push(random_frame(rng, shape))
             yield state, int(rng.integers(7)), next_state, float(done and rng.random() < 0.5), done
             state = next_state
 
@@ -104,7 +107,7 @@ def key(state, action, next_state, reward, done) -> tuple:
 def sampled_keys(memory: ReplayMemory, batch_size: int) -> list[tuple]:
     batch = memory.sample(batch_size)
     assert batch.state.dtype == batch.next_state.dtype == torch.uint8
-    assert batch.state.shape == batch.next_state.shape == (batch_size, STACK_SIZE, SCREEN_SIZE, SCREEN_SIZE)
+    assert batch.state.shape == batch.next_state.shape == (batch_size, STACK_SIZE, *memory.frames.shape[2:])
     return [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
             for i in range(batch_size)]
 
@@ -128,6 +131,26 @@ def test_replay_memory_lists_a_streams_transitions_in_order():
         listed = [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
                   for i in range(len(batch.reward))]
         assert listed == [key(*t) for t in pushed[-6:]]
+
+
+def test_colour_frames_are_stored_sampled_and_fed_to_a_network_built_for_them():
+    observation = Observation(36, rgb=True)
+    rng = np.random.default_rng(9)
+    memory = ReplayMemory(20, num_streams=2, seed=0, frame_shape=observation.frame_shape)
+    pushed = push_streams(memory, [episodes(rng, [3, 4], observation.frame_shape),
+                                   episodes(rng, [5], observation.frame_shape)])
+    assert memory.frames.shape[2:] == (3, 36, 36)
+    assert sorted(sampled_keys(memory, len(pushed))) == sorted(key(*t) for t in pushed)
+
+    batch = memory.sample(4)
+    states = to_float(batch.state)
+    assert states.shape == (4, 3 * STACK_SIZE, 36, 36)
+    assert torch.equal(states[:, 3:6], batch.state[:, 1].float() / 255), "frame 1's colours are channels 3 to 5"
+    net = DQN.for_observation(observation, 7)
+    assert net.conv1.in_channels == 3 * STACK_SIZE and net(states).shape == (4, 7)
+    assert net.config == {"timestep_input": False, "image_size": 36, "rgb": True}
+    rebuilt = DQN.from_config(net.config, 7)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 
 
 def test_replay_memory_wraps_around_at_capacity():
@@ -220,8 +243,8 @@ def test_replay_memory_gives_each_state_its_timestep():
 def test_timestep_input_adds_one_column_and_changes_the_values():
     net = DQN(40, 40, 7, timestep_input=True).eval()
     assert net.linear.weight.shape == (512, 64 + 1)
-    assert DQN.from_config(net.config, 40, 40, 7).linear.weight.shape == (512, 65)
-    assert DQN.from_config({}, 40, 40, 7).state_dict().keys() == LECTURE_STATE_DICT_SHAPES.keys()
+    assert DQN.from_config(net.config, 7).linear.weight.shape == (512, 65)
+    assert DQN.from_config(LECTURE_CONFIG, 7).state_dict().keys() == LECTURE_STATE_DICT_SHAPES.keys()
     states = torch.rand(2, STACK_SIZE, 40, 40)
     with torch.no_grad():
         early, late = net(states, torch.tensor([0, 0])), net(states, torch.tensor([6, 6]))

@@ -221,7 +221,7 @@ def test_timestep_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
     result = run_script("train", "--episodes", "3", "--timestep-input", "--logdir", "runs/t", *FAST, cwd=workdir)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
-    assert state["config"] == {"timestep_input": True}
+    assert state["config"] == {"timestep_input": True, "image_size": 40, "rgb": False}
     assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 64 + 1)
 
     result = run_script("eval", "--episodes", "2", "--num-envs", "2", "--checkpoint", "policy_dqn.resume.pt",
@@ -231,6 +231,33 @@ def test_timestep_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
 
     result = run_script("train", "--resume", "--episodes", "4", *FAST, cwd=workdir)
     assert_one_line_error(result, "policy_dqn.resume.pt", "with --timestep-input")
+    assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ())["episode"] == 3
+
+
+def test_a_larger_colour_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
+    result = run_script("train", "--episodes", "3", "--rgb", "--image-size", "64", "--num-envs", "2",
+                        "--clip-every", "3", "--logdir", "runs/c", *FAST, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    assert state["config"] == {"timestep_input": False, "image_size": 64, "rgb": True}
+    assert state["policy_net_state_dict"]["conv1.weight"].shape == (32, 3 * 5, 8, 8)
+    assert state["replay_memory"]["frames"].shape[2:] == (3, 64, 64)
+    accumulator = EventAccumulator(str(workdir / "runs" / "c"))
+    accumulator.Reload()
+    [screen] = accumulator.Images("example_extracted_screen")
+    with Image.open(io.BytesIO(screen.encoded_image_string)) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert pixels.shape == (64, 64, 3) and np.abs(pixels - pixels[..., :1]).max() > 30, "a colour frame"
+    assert len(accumulator.Images("greedy_episode_test_objects")) == 1
+
+    result = run_script("eval", "--episodes", "1", "--checkpoint", "policy_dqn.resume.pt", "--gif", "c.gif",
+                        "--device", "cpu", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"Success rate: [01]/1 = ", result.stdout.splitlines()[-1])
+    assert (workdir / "c.gif").stat().st_size > 0
+
+    result = run_script("train", "--resume", "--episodes", "4", *FAST, cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.resume.pt", "--image-size 64 --rgb")
     assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ())["episode"] == 3
 
 
