@@ -32,7 +32,6 @@ from common import (
     SCREEN_SIZE,
     STOP_SIGNALS,
     EnvPool,
-    EnvPool,
     EpisodeRecorder,
     FrameStack,
     Observation,

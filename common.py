@@ -288,8 +288,8 @@ def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
     Replies ("frame", frame, reward, done) with the frame preprocessed for `observation`, so that
-    the pipe carries 1,600 bytes a step with the lecture's; ("scene", size) is answered with `render_scene` of the moment, and
-    ("positions",) with `gripper_and_objects`.
+    the pipe carries 1,600 bytes a step with the lecture's; ("scene", size) is answered with
+    `render_scene` of the moment, and ("positions",) with `gripper_and_objects`.
     """
     env = None
     try:
