@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import DQN, EnvPool, atomic_write, positive_int  # noqa: E402
+from common import DQN, EnvPool, atomic_write, positive_int, to_float  # noqa: E402
 from probe import fit_outcome  # noqa: E402
 
 SIZES = (48, 96)
@@ -136,7 +136,7 @@ def main() -> int:
         print(f"\nstates at t >= {min_timestep}: {len(train)} to learn from, {len(test)} held out\n"
               f"| input | network | best AUC | last 3 epochs | seconds |\n| --- | --- | --: | --: | --: |")
         for name in ("gray40", "rgb48", "rgb96"):
-            images = torch.from_numpy(data[name]).float().div_(255)
+            images = to_float(torch.from_numpy(data[name]))
             channels, size = images.shape[1], images.shape[-1]
             for kind, make in (("lecture", lambda: DQN(size, size, 1, in_channels=channels)),
                                ("spatial", lambda: spatial_net(channels, size))):
