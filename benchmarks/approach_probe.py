@@ -52,18 +52,25 @@ def nearest(objects: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
     """Random-policy episodes: per move its state, the 96x96 scene, the action, the approach, the episode, and
-    where the gripper and the objects were before the move."""
-    rng = random.Random(seed)
+    where the gripper and the objects were before the move.
+
+    Worker i plays episodes i, i + N, ... with its own action generator, and the moves are put in
+    episode order, so a seed gives the same data whichever worker replies first.
+    """
+    rngs = [random.Random(seed + index) for index in range(num_envs)]
+    queues = [list(range(index, episodes, num_envs)) for index in range(num_envs)]
     columns: dict[str, list] = {"stack40": [], "rgb96": [], "action": [], "approach": [], "episode": [],
                                 "gripper": [], "objects": []}
     with EnvPool(num_envs, seed, is_test=False) as pool:
         stacks = [FrameStack() for _ in range(num_envs)]
         states: list = [None] * num_envs
         moving: list = [None] * num_envs  # a move's record until its worker replies; None after other actions
-        episode_of = list(range(num_envs))
-        started, finished = num_envs, 0
+        episode_of: list = [None] * num_envs
+        finished = 0
         for index in range(num_envs):
-            pool.reset(index)
+            if queues[index]:
+                episode_of[index] = queues[index].pop(0)
+                pool.reset(index)
         while finished < episodes:
             for index, frame, _reward, done in pool.results():
                 if moving[index] is not None:
@@ -77,18 +84,19 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
                 if done:
                     finished += 1
                     states[index] = None
-                    if started < episodes:
-                        episode_of[index], started = started, started + 1
+                    if queues[index]:
+                        episode_of[index] = queues[index].pop(0)
                         pool.reset(index)
                     continue
                 states[index] = stacks[index].reset(frame) if states[index] is None else stacks[index].push(frame)
-                action = rng.randrange(pool.n_actions)
+                action = rngs[index].randrange(pool.n_actions)
                 if action in MOVES:
                     gripper, objects = pool.positions(index)
                     moving[index] = dict(stack40=states[index], rgb96=pool.scene(index, 96).transpose(2, 0, 1),
                                          action=action, episode=episode_of[index], gripper=gripper, objects=objects)
                 pool.step(index, action)
-    data = {key: np.array(value) for key, value in columns.items()}
+    order = np.argsort(columns["episode"], kind="stable")  # a worker's moves of one episode are in order
+    data = {key: np.array(value)[order] for key, value in columns.items()}
     data["approach"] = data["approach"].astype(np.float32)
     return data
 
