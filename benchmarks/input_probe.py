@@ -40,24 +40,29 @@ SIZES = (48, 96)
 
 
 def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
-    """Random-policy episodes: per state its frames, timestep, episode number and the episode's outcome."""
-    rng = random.Random(seed)
+    """Random-policy episodes: per state its frames, timestep, episode number and the episode's outcome.
+
+    Worker i plays episodes i, i + N, ... with its own action generator, and the states are put in
+    episode order, so a seed gives the same data whichever worker replies first.
+    """
+    rngs = [random.Random(seed + index) for index in range(num_envs)]
+    queues = [list(range(index, episodes, num_envs)) for index in range(num_envs)]
     columns: dict[str, list] = {"gray40": [], "rgb48": [], "rgb96": [], "timestep": [], "episode": []}
     outcome_of: dict[int, float] = {}
     with EnvPool(num_envs, seed, is_test=False) as pool:
-        episode_of = list(range(num_envs))
+        episode_of: list = [None] * num_envs
         timestep = [0] * num_envs
-        started = num_envs
         for index in range(num_envs):
-            pool.reset(index)
+            if queues[index]:
+                episode_of[index] = queues[index].pop(0)
+                pool.reset(index)
         while len(outcome_of) < episodes:
             for index, frame, reward, done in pool.results():
                 if done:
                     outcome_of[episode_of[index]] = float(reward)
-                    if started >= episodes:
-                        continue
-                    episode_of[index], timestep[index], started = started, 0, started + 1
-                    pool.reset(index)
+                    if queues[index]:
+                        episode_of[index], timestep[index] = queues[index].pop(0), 0
+                        pool.reset(index)
                     continue
                 columns["gray40"].append(frame[None])
                 for size in SIZES:
@@ -65,8 +70,9 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
                 columns["timestep"].append(timestep[index])
                 columns["episode"].append(episode_of[index])
                 timestep[index] += 1
-                pool.step(index, rng.randrange(pool.n_actions))
-    data = {key: np.array(value) for key, value in columns.items()}
+                pool.step(index, rngs[index].randrange(pool.n_actions))
+    order = np.argsort(columns["episode"], kind="stable")  # a worker's states of one episode are in order
+    data = {key: np.array(value)[order] for key, value in columns.items()}
     data["outcome"] = np.array([outcome_of[e] for e in data["episode"]], dtype=np.float32)
     return data
 

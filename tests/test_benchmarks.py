@@ -92,6 +92,7 @@ def test_input_probe_keeps_the_real_observation_and_reuses_its_episodes(tmp_path
     for rgb, gray in zip(data["rgb48"], data["gray40"]):  # the 48x48 scene is the observation itself
         assert np.array_equal(preprocess_frame(rgb.transpose(1, 2, 0)), gray[0])
     assert sorted(set(data["episode"].tolist())) == list(range(6))
+    assert np.all(np.diff(data["episode"]) >= 0), "states in episode order, whichever worker replied first"
     for episode in range(6):
         steps = data["timestep"][data["episode"] == episode]
         assert steps.tolist() == list(range(len(steps))), "each episode's states in order from t = 0"
