@@ -5,7 +5,8 @@
     python benchmarks/learning.py lecture --minutes 9                       # again, until the budget is done
 
 A configuration lives in benchmarks/results/NAME/: the run's checkpoints and TensorBoard logs,
-config.json (its training flags), learning.csv (one row per evaluation), learning.png, and
+config.json (its training flags, and this script's settings: a later call without them uses the
+same, and refuses other evaluation scenes), learning.csv (one row per evaluation), learning.png, and
 policies/episode-E.pt, the policy each evaluation played (lecture checkpoint keys). Each
 evaluation plays the current policy greedily on --eval-episodes test-object and training-object
 episodes, with the same scenes every time (--eval-seed); the random policy is measured once the same
@@ -39,6 +40,13 @@ from common import CHECKPOINT_KEYS, positive_int, resume_path, save_checkpoint, 
 
 FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
 SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
+
+
+RUN_SETTINGS = {"episodes": 3000, "eval_every": 250, "eval_episodes": 100, "eval_seed": 1000,
+                "eval_envs": os.cpu_count()}
+"""This script's flags that config.json keeps, with their defaults for a new configuration."""
+SCENE_SETTINGS = ("eval_episodes", "eval_seed", "eval_envs")
+"""The settings that choose the evaluation scenes (worker i plays every N-th): fixed for a configuration's life."""
 
 
 class OutOfTime(Exception):
@@ -179,11 +187,17 @@ def main() -> int:
     parser.add_argument("name", help="the configuration's folder under --results")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where the configurations' folders and the combined plot go")
-    parser.add_argument("--episodes", type=positive_int, default=3000, help="training episodes in all")
-    parser.add_argument("--eval-every", type=positive_int, default=250, help="evaluate every this many episodes")
-    parser.add_argument("--eval-episodes", type=positive_int, default=100, help="episodes per object set")
-    parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the evaluation scenes")
-    parser.add_argument("--eval-envs", type=positive_int, default=os.cpu_count(), help="evaluation workers")
+    parser.add_argument("--episodes", type=positive_int,
+                        help="training episodes in all (default: the configuration's last, or 3000)")
+    parser.add_argument("--eval-every", type=positive_int,
+                        help="evaluate every this many episodes (default: the configuration's last, or 250)")
+    parser.add_argument("--eval-episodes", type=positive_int,
+                        help="episodes per object set (default: the configuration's, or 100)")
+    parser.add_argument("--eval-seed", type=int, help="seed of the evaluation scenes (default: the configuration's, "
+                                                      "or 1000)")
+    parser.add_argument("--eval-envs", type=positive_int,
+                        help="evaluation workers, which also choose the scenes (default: the configuration's, or "
+                             "the number of cores)")
     parser.add_argument("--eval-device", choices=("auto", "cpu", "cuda"), default="auto", help="evaluation device")
     parser.add_argument("--minutes", type=float, default=9.0, help="stop after this long; call again to go on")
     args = parser.parse_args(own)
@@ -194,14 +208,19 @@ def main() -> int:
     folder = args.results / args.name
     folder.mkdir(parents=True, exist_ok=True)
     config_path, csv_path = folder / "config.json", folder / "learning.csv"
-    if config_path.exists():
-        stored = json.loads(config_path.read_text())["train_flags"]
-        if train_flags is not None and train_flags != stored:
-            parser.error(f"{config_path} holds training flags {stored}; pass the same, none, or another name")
-        train_flags = stored
-    else:
-        train_flags = train_flags or []
-        config_path.write_text(json.dumps({"train_flags": train_flags}, indent=1) + "\n")
+    config = json.loads(config_path.read_text()) if config_path.exists() else {"train_flags": train_flags or []}
+    if train_flags is not None and train_flags != config["train_flags"]:
+        parser.error(f"{config_path} holds training flags {config['train_flags']}; pass the same, none, or another "
+                     "name")
+    train_flags = config["train_flags"]
+    for key, default in RUN_SETTINGS.items():
+        given = getattr(args, key)
+        if key in SCENE_SETTINGS and given is not None and config.get(key, given) != given:
+            parser.error(f"{config_path} holds --{key.replace('_', '-')} {config[key]}, which chooses the evaluation "
+                         "scenes; pass the same, none, or another name")
+        setattr(args, key, config.get(key, default) if given is None else given)
+    config_path.write_text(json.dumps({"train_flags": train_flags, **{key: getattr(args, key) for key in RUN_SETTINGS}},
+                                      indent=1) + "\n")
 
     status = 0
     try:

@@ -30,12 +30,16 @@ def learning(results: Path, *args: str, timeout: float = 600, **popen) -> subpro
 def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     first = learning(tmp_path, "--episodes", "2", "--minutes", "0.3", *TINY, *TRAIN)
     assert first.returncode == 0, first.stderr
-    second = learning(tmp_path, "--episodes", "3", *TINY)  # no flags: the stored ones are used
+    second = learning(tmp_path, "--episodes", "3")  # no other flags: the stored ones are used
     assert second.returncode == 0, second.stderr
     assert "all 3 episodes trained and evaluated" in second.stdout
+    third = learning(tmp_path)  # the total too
+    assert third.returncode == 0 and "all 3 episodes trained and evaluated" in third.stdout, third.stderr
 
     folder = tmp_path / "tiny"
-    assert json.loads((folder / "config.json").read_text())["train_flags"] == list(TRAIN[1:])
+    assert json.loads((folder / "config.json").read_text()) == {
+        "train_flags": list(TRAIN[1:]), "episodes": 3, "eval_every": 1, "eval_episodes": 2, "eval_seed": 1000,
+        "eval_envs": 1}
     with open(folder / "learning.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     measured = sorted((r["policy"], r["objects"], int(r["episode"])) for r in rows)
@@ -61,6 +65,9 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
 
     other = learning(tmp_path, "--episodes", "3", *TINY, "--", "--double-dqn")
     assert other.returncode != 0 and "holds training flags" in other.stderr
+    scenes = learning(tmp_path, "--eval-envs", "2")
+    assert scenes.returncode == 2 and scenes.stderr.strip().splitlines()[-1].endswith(
+        "holds --eval-envs 1, which chooses the evaluation scenes; pass the same, none, or another name")
 
 
 def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
