@@ -13,9 +13,12 @@ simulator's positions give the label; the networks see only images. The episodes
 Networks learn the approach of the move taken, as their output for that action, from the state
 before it, with random shifts, on a quarter, half and all of 4 episodes in 5; they are scored on the
 5th by R^2 (0: no better than the held-out mean; 1: exact), best over the epochs, and on the moves
-they learned from at the end, to tell memorising from reading the scene:
-  stack40: the lecture's state (5 frames, 40x40 grayscale) and network;
-  rgb96: the camera at 96x96 RGB, the latest frame only, with the lecture's network.
+they learned from at the end, to tell memorising from reading the scene. Every input goes to the
+lecture's network:
+  stack40: the lecture's state (5 frames, 40x40 grayscale);
+  rgb96: the camera at 96x96 RGB, the latest frame only;
+  gray96, rgb48, gray48: that frame through the project's preprocessing in grayscale, at 48x48
+  (bicubic), or both, to tell what colour and what resolution each add.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import DQN, EnvPool, FrameStack, positive_int, random_shift, to_float  # noqa: E402
+from common import DQN, EnvPool, FrameStack, positive_int, preprocess_frame, random_shift, to_float  # noqa: E402
 from input_probe import saved_episodes, write_rows  # noqa: E402
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
@@ -43,6 +46,8 @@ ACTION_LENGTH = 0.06
 """Metres the environment's arm is told to move per action (KukaDiverseObjectEnv's dv)."""
 REACH = ((0.50, -0.17), (0.65, 0.22))
 """The (x, y) box pybullet's arm (kuka.py) clips the gripper's target to."""
+INPUTS = {"stack40": None, "gray48": (48, False), "rgb48": (48, True), "gray96": (96, False), "rgb96": (96, True)}
+"""The probes' inputs: the lecture's saved state, or (size, rgb) of a frame made from the 96x96 scene."""
 
 
 def nearest(objects: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -109,6 +114,15 @@ def ideal_approach(data: dict[str, np.ndarray]) -> np.ndarray:
     return approach.astype(np.float32)
 
 
+def network_input(data: dict[str, np.ndarray], name: str) -> torch.Tensor:
+    """One of `INPUTS` for every move, as the network's floats (moves, channels, size, size)."""
+    if INPUTS[name] is None:
+        return to_float(torch.from_numpy(data[name]))
+    size, rgb = INPUTS[name]
+    frames = np.stack([preprocess_frame(scene, size, rgb) for scene in data["rgb96"].transpose(0, 2, 3, 1)])
+    return to_float(torch.from_numpy(frames if rgb else frames[:, None]))
+
+
 def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float(1 - ((predicted - target) ** 2).mean() / ((target - target.mean()) ** 2).mean())
 
@@ -162,11 +176,11 @@ def main() -> int:
     print(f"the action alone (its mean approach): held-out R^2 {r_squared(by_action, approach[test]):.3f}\n"
           f"the simulator's positions, the gripper moving one action length: held-out R^2 "
           f"{r_squared(ideal[test], approach[test]):.3f}\n\n"
-          "| input | moves learned from | best held-out R^2 | R^2 on the moves learned from | seconds |\n"
+          "| input | moves learned from | best held-out R^2 (epoch) | R^2 on the moves learned from | seconds |\n"
           "| --- | --: | --: | --: | --: |")
     rows = []
-    for name in ("stack40", "rgb96"):
-        images = to_float(torch.from_numpy(data[name]))
+    for name in INPUTS:
+        images = network_input(data, name)
         channels, size = images.shape[1], images.shape[-1]
         for fraction in (0.25, 0.5, 1.0):
             train = train_all[data["episode"][train_all] < fraction * args.episodes]
@@ -176,10 +190,12 @@ def main() -> int:
                                                train, test, args.epochs, np.random.default_rng(args.seed),
                                                pad=max(2, size // 10))
             row = dict(input=name, fraction=fraction, train=len(train), test=len(test),
-                       best_r2=round(max(scores), 3), train_r2=round(train_score, 3),
+                       best_r2=round(max(scores), 3), best_epoch=int(np.argmax(scores)) + 1,
+                       train_r2=round(train_score, 3),
                        seconds=round(time.time() - start))
             rows.append(row)
-            print(f"| {name} | {len(train)} | {row['best_r2']:.3f} | {row['train_r2']:.3f} | {row['seconds']} |",
+            print(f"| {name} | {len(train)} | {row['best_r2']:.3f} ({row['best_epoch']}) | {row['train_r2']:.3f} "
+                  f"| {row['seconds']} |",
                   flush=True)
     write_rows(args.out / "approach_probe.csv", rows)
     return 0

@@ -135,11 +135,18 @@ def test_approach_probe_labels_the_moves_and_reuses_its_episodes(tmp_path):
     ideal = approach_probe.ideal_approach(dict(data))
     assert 1 - ((ideal - approach) ** 2).mean() / approach.var() > 0.6
 
+    # The probes' inputs: the 96x96 scene unchanged, or through the project's preprocessing.
+    shapes = {name: tuple(approach_probe.network_input(dict(data), name).shape) for name in approach_probe.INPUTS}
+    assert shapes == {"stack40": (n, 5, 40, 40), "gray48": (n, 1, 48, 48), "rgb48": (n, 3, 48, 48),
+                      "gray96": (n, 1, 96, 96), "rgb96": (n, 3, 96, 96)}
+    assert torch.equal(approach_probe.network_input(dict(data), "rgb96"), torch.from_numpy(data["rgb96"]) / 255)
+
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     assert f"6 episodes from {tmp_path / 'episodes.npz'}" in second.stdout
     with open(tmp_path / "approach_probe.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["input"], float(r["fraction"])) for r in rows] == [
-        (i, f) for i in ("stack40", "rgb96") for f in (0.25, 0.5, 1.0)]
+        (i, f) for i in approach_probe.INPUTS for f in (0.25, 0.5, 1.0)]
+    assert all(int(r["best_epoch"]) == 1 for r in rows), "one epoch was asked for"
     assert all(int(r["test"]) == int((data["episode"] % 5 == 4).sum()) for r in rows)
