@@ -36,7 +36,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import CHECKPOINT_KEYS, positive_int, resume_path, save_checkpoint, wilson_interval  # noqa: E402
+from common import (CHECKPOINT_KEYS, atomic_write, positive_int, resume_path, save_checkpoint,  # noqa: E402
+                    wilson_interval)
 
 FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
 SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
@@ -219,8 +220,9 @@ def main() -> int:
             parser.error(f"{config_path} holds --{key.replace('_', '-')} {config[key]}, which chooses the evaluation "
                          "scenes; pass the same, none, or another name")
         setattr(args, key, config.get(key, default) if given is None else given)
-    config_path.write_text(json.dumps({"train_flags": train_flags, **{key: getattr(args, key) for key in RUN_SETTINGS}},
-                                      indent=1) + "\n")
+    with atomic_write(config_path) as file:  # rewritten by every call: never left half-written
+        settings = {key: getattr(args, key) for key in RUN_SETTINGS}
+        file.write((json.dumps({"train_flags": train_flags, **settings}, indent=1) + "\n").encode())
 
     status = 0
     try:
