@@ -17,6 +17,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import approach_probe  # noqa: E402
+from input_probe import collect as collect_outcomes  # noqa: E402
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
 TRAIN = ("--", "--max-steps", "3", "--batch-size", "4", "--device", "cpu")
@@ -104,6 +105,8 @@ def test_input_probe_keeps_the_real_observation_and_reuses_its_episodes(tmp_path
         steps = data["timestep"][data["episode"] == episode]
         assert steps.tolist() == list(range(len(steps))), "each episode's states in order from t = 0"
         assert len(set(data["outcome"][data["episode"] == episode].tolist())) == 1, "one outcome per episode"
+    again = collect_outcomes(6, seed=0)  # the script's default seed
+    assert [key for key in again if not np.array_equal(again[key], data[key])] == [], "a seed gives the same states"
 
     second = input_probe(tmp_path, "--episodes", "6", "--epochs", "1", "--min-timestep", "2")
     assert second.returncode == 0, second.stderr
@@ -134,6 +137,8 @@ def test_approach_probe_labels_the_moves_and_reuses_its_episodes(tmp_path):
     # before the move, with the gripper going one action length, account for most of it.
     ideal = approach_probe.ideal_approach(dict(data))
     assert 1 - ((ideal - approach) ** 2).mean() / approach.var() > 0.6
+    again = approach_probe.collect(6, seed=0)  # the script's default seed
+    assert [key for key in again if not np.array_equal(again[key], data[key])] == [], "a seed gives the same moves"
 
     # The probes' inputs: the 96x96 scene unchanged, or through the project's preprocessing.
     shapes = {name: tuple(approach_probe.network_input(dict(data), name).shape) for name in approach_probe.INPUTS}
