@@ -23,7 +23,6 @@ lecture's network:
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import DQN, EnvPool, FrameStack, positive_int, preprocess_frame, random_shift, to_float  # noqa: E402
-from input_probe import saved_episodes, write_rows  # noqa: E402
+from input_probe import RandomEpisodes, in_episode_order, saved_episodes, write_rows  # noqa: E402
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
 """x-, x+, y-, y+: the actions that move the gripper in the tray's plane, and which way."""
@@ -56,26 +55,16 @@ def nearest(objects: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
-    """Random-policy episodes: per move its state, the 96x96 scene, the action, the approach, the episode, and
-    where the gripper and the objects were before the move.
-
-    Worker i plays episodes i, i + N, ... with its own action generator, and the moves are put in
-    episode order, so a seed gives the same data whichever worker replies first.
-    """
-    rngs = [random.Random(seed + index) for index in range(num_envs)]
-    queues = [list(range(index, episodes, num_envs)) for index in range(num_envs)]
+    """Random-policy episodes (`RandomEpisodes`): per move its state, the 96x96 scene, the action, the approach,
+    the episode, and where the gripper and the objects were before the move, in episode order."""
     columns: dict[str, list] = {"stack40": [], "rgb96": [], "action": [], "approach": [], "episode": [],
                                 "gripper": [], "objects": []}
     with EnvPool(num_envs, seed, is_test=False) as pool:
+        schedule = RandomEpisodes(pool, episodes, seed)
         stacks = [FrameStack() for _ in range(num_envs)]
         states: list = [None] * num_envs
         moving: list = [None] * num_envs  # a move's record until its worker replies; None after other actions
-        episode_of: list = [None] * num_envs
         finished = 0
-        for index in range(num_envs):
-            if queues[index]:
-                episode_of[index] = queues[index].pop(0)
-                pool.reset(index)
         while finished < episodes:
             for index, frame, _reward, done in pool.results():
                 if moving[index] is not None:
@@ -89,19 +78,17 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
                 if done:
                     finished += 1
                     states[index] = None
-                    if queues[index]:
-                        episode_of[index] = queues[index].pop(0)
-                        pool.reset(index)
+                    schedule.start_next(index)
                     continue
                 states[index] = stacks[index].reset(frame) if states[index] is None else stacks[index].push(frame)
-                action = rngs[index].randrange(pool.n_actions)
+                action = schedule.action(index)
                 if action in MOVES:
                     gripper, objects = pool.positions(index)
                     moving[index] = dict(stack40=states[index], rgb96=pool.scene(index, 96).transpose(2, 0, 1),
-                                         action=action, episode=episode_of[index], gripper=gripper, objects=objects)
+                                         action=action, episode=schedule.episode_of[index], gripper=gripper,
+                                         objects=objects)
                 pool.step(index, action)
-    order = np.argsort(columns["episode"], kind="stable")  # a worker's moves of one episode are in order
-    data = {key: np.array(value)[order] for key, value in columns.items()}
+    data = in_episode_order(columns)
     data["approach"] = data["approach"].astype(np.float32)
     return data
 

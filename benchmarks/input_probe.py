@@ -39,40 +39,57 @@ SIZES = (48, 96)
 """Camera sizes kept beside the 40x40 frame: the environment's own, and twice that."""
 
 
-def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
-    """Random-policy episodes: per state its frames, timestep, episode number and the episode's outcome.
+class RandomEpisodes:
+    """The random policy's episodes over a pool, numbered so that a seed gives the same data whichever worker
+    replies first: worker i plays episodes i, i + N, ... with its own action generator."""
 
-    Worker i plays episodes i, i + N, ... with its own action generator, and the states are put in
-    episode order, so a seed gives the same data whichever worker replies first.
-    """
-    rngs = [random.Random(seed + index) for index in range(num_envs)]
-    queues = [list(range(index, episodes, num_envs)) for index in range(num_envs)]
+    def __init__(self, pool: EnvPool, episodes: int, seed: int) -> None:
+        self.pool = pool
+        self.rngs = [random.Random(seed + index) for index in range(pool.num_envs)]
+        self.queues = [list(range(index, episodes, pool.num_envs)) for index in range(pool.num_envs)]
+        self.episode_of: list = [None] * pool.num_envs
+        for index in range(pool.num_envs):
+            self.start_next(index)
+
+    def start_next(self, index: int) -> None:
+        """Reset worker `index` into its next episode, if it has one left."""
+        if self.queues[index]:
+            self.episode_of[index] = self.queues[index].pop(0)
+            self.pool.reset(index)
+
+    def action(self, index: int) -> int:
+        return self.rngs[index].randrange(self.pool.n_actions)
+
+
+def in_episode_order(columns: dict[str, list]) -> dict[str, np.ndarray]:
+    """Collected columns as arrays, rows sorted by their "episode" column (stably: an episode's rows stay in order)."""
+    order = np.argsort(columns["episode"], kind="stable")
+    return {key: np.array(value)[order] for key, value in columns.items()}
+
+
+def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
+    """Random-policy episodes (`RandomEpisodes`): per state its frames, timestep, episode number and the episode's
+    outcome, in episode order."""
     columns: dict[str, list] = {"gray40": [], "rgb48": [], "rgb96": [], "timestep": [], "episode": []}
     outcome_of: dict[int, float] = {}
     with EnvPool(num_envs, seed, is_test=False) as pool:
-        episode_of: list = [None] * num_envs
+        schedule = RandomEpisodes(pool, episodes, seed)
         timestep = [0] * num_envs
-        for index in range(num_envs):
-            if queues[index]:
-                episode_of[index] = queues[index].pop(0)
-                pool.reset(index)
         while len(outcome_of) < episodes:
             for index, frame, reward, done in pool.results():
                 if done:
-                    outcome_of[episode_of[index]] = float(reward)
-                    if queues[index]:
-                        episode_of[index], timestep[index] = queues[index].pop(0), 0
-                        pool.reset(index)
+                    outcome_of[schedule.episode_of[index]] = float(reward)
+                    schedule.start_next(index)
+                    timestep[index] = 0
                     continue
                 columns["gray40"].append(frame[None])
                 for size in SIZES:
                     columns[f"rgb{size}"].append(pool.scene(index, size).transpose(2, 0, 1))
                 columns["timestep"].append(timestep[index])
-                columns["episode"].append(episode_of[index])
+                columns["episode"].append(schedule.episode_of[index])
                 timestep[index] += 1
-                pool.step(index, rngs[index].randrange(pool.n_actions))
-    order = np.argsort(columns["episode"], kind="stable")  # a worker's states of one episode are in order
-    data = {key: np.array(value)[order] for key, value in columns.items()}
+                pool.step(index, schedule.action(index))
+    data = in_episode_order(columns)
     data["outcome"] = np.array([outcome_of[e] for e in data["episode"]], dtype=np.float32)
     return data
 
