@@ -188,14 +188,14 @@ def main() -> int:
     parser.add_argument("name", help="the configuration's folder under --results")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where the configurations' folders and the combined plot go")
-    parser.add_argument("--episodes", type=positive_int,
-                        help="training episodes in all (default: the configuration's last, or 3000)")
-    parser.add_argument("--eval-every", type=positive_int,
-                        help="evaluate every this many episodes (default: the configuration's last, or 250)")
-    parser.add_argument("--eval-episodes", type=positive_int,
-                        help="episodes per object set (default: the configuration's, or 100)")
-    parser.add_argument("--eval-seed", type=int, help="seed of the evaluation scenes (default: the configuration's, "
-                                                      "or 1000)")
+    parser.add_argument("--episodes", type=positive_int, help="training episodes in all (default: the "
+                        f"configuration's last, or {RUN_SETTINGS['episodes']})")
+    parser.add_argument("--eval-every", type=positive_int, help="evaluate every this many episodes (default: the "
+                        f"configuration's last, or {RUN_SETTINGS['eval_every']})")
+    parser.add_argument("--eval-episodes", type=positive_int, help="episodes per object set (default: the "
+                        f"configuration's, or {RUN_SETTINGS['eval_episodes']})")
+    parser.add_argument("--eval-seed", type=int, help="seed of the evaluation scenes (default: the "
+                        f"configuration's, or {RUN_SETTINGS['eval_seed']})")
     parser.add_argument("--eval-envs", type=positive_int,
                         help="evaluation workers, which also choose the scenes (default: the configuration's, or "
                              "the number of cores)")
