@@ -29,6 +29,7 @@ from tqdm import tqdm
 from common import (
     CHECKPOINT_KEYS,
     DQN,
+    NETWORKS,
     SCREEN_SIZE,
     STOP_SIGNALS,
     EnvPool,
@@ -127,6 +128,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--rgb", action=argparse.BooleanOptionalAction, default=False,
                         help="keep the camera's colour instead of the lecture's grayscale: 3 channels per frame; "
                              "the checkpoint records it")
+    parser.add_argument("--network", choices=tuple(NETWORKS), default=DQN.network,
+                        help="the Q-network's convolutions: the lecture's, or 'fine' ones (strides 2, 1, 2, 2) that "
+                             "keep a 6x6 grid of positions at 48x48; the checkpoint records it")
     parser.add_argument("--learning-starts", type=non_negative_int, default=0,
                         help="no gradient step before the memory holds this many transitions (lecture: one batch)")
     parser.add_argument("--eps-start", type=probability, default=0.9, help="epsilon at episode 0")
@@ -211,8 +215,9 @@ class Trainer:
         self.clip_pool: Optional[EnvPool] = None  # started for the first clip
         self.example_logged = False
         self.observation = observation
-        self.policy_net = DQN.for_observation(self.observation, n_actions, args.timestep_input).to(device)
-        self.target_net = DQN.for_observation(self.observation, n_actions, args.timestep_input).to(device)
+        network = NETWORKS[args.network]
+        self.policy_net = network.for_observation(self.observation, n_actions, args.timestep_input).to(device)
+        self.target_net = network.for_observation(self.observation, n_actions, args.timestep_input).to(device)
         self.target_net.load_state_dict(self.policy_net.state_dict())
         self.target_net.eval()
         self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
@@ -398,7 +403,8 @@ class Trainer:
 def config_flags(config: dict[str, Any]) -> str:
     """A checkpoint's network configuration as the training flags that give it."""
     return " ".join(("--timestep-input" if config["timestep_input"] else "--no-timestep-input",
-                     f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb"))
+                     f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb",
+                     f"--network {config['network']}"))
 
 
 def record_greedy_episode(pool: EnvPool, policy_net: torch.nn.Module) -> EpisodeRecorder:

@@ -14,7 +14,7 @@ Networks learn the approach of the move taken, as their output for that action, 
 before it, with random shifts, on a quarter, half and all of 4 episodes in 5; they are scored on the
 5th by R^2 (0: no better than the held-out mean; 1: exact), best over the epochs, and on the moves
 they learned from at the end, to tell memorising from reading the scene. Every input goes to the
-lecture's network:
+lecture's network, or with `--network fine` to the finer one (`FineDQN`):
   stack40: the lecture's state (5 frames, 40x40 grayscale);
   rgb96: the camera at 96x96 RGB, the latest frame only;
   gray96, rgb48, gray48: that frame through the project's preprocessing in grayscale, at 48x48
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import DQN, EnvPool, FrameStack, positive_int, preprocess_frame, random_shift, to_float  # noqa: E402
+from common import NETWORKS, EnvPool, FrameStack, positive_int, preprocess_frame, random_shift, to_float  # noqa: E402
 from input_probe import RandomEpisodes, in_episode_order, saved_episodes, write_rows  # noqa: E402
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
@@ -114,8 +114,8 @@ def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float(1 - ((predicted - target) ** 2).mean() / ((target - target.mean()) ** 2).mean())
 
 
-def fit_approach(net: DQN, images: torch.Tensor, actions: torch.Tensor, approach: torch.Tensor, train: np.ndarray,
-                 test: np.ndarray, epochs: int, rng: np.random.Generator, pad: int) -> tuple[list[float], float]:
+def fit_approach(net: torch.nn.Module, images: torch.Tensor, actions: torch.Tensor, approach: torch.Tensor,
+                 train: np.ndarray, test: np.ndarray, epochs: int, rng: np.random.Generator, pad: int) -> tuple[list[float], float]:
     """Held-out R^2 after each epoch of training `net`'s output for the action taken, and R^2 on `train` at the end."""
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, weight_decay=1e-4)
 
@@ -146,7 +146,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=positive_int, default=20, help="epochs of each probe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the probes")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "approach-probe",
-                        help="folder for the episodes (episodes.npz) and the scores (approach_probe.csv)")
+                        help="folder for the episodes (episodes.npz) and the scores (approach_probe.csv, "
+                             "approach_probe-fine.csv with --network fine)")
+    parser.add_argument("--network", choices=tuple(NETWORKS), default="lecture", help="the Q-network that learns")
+    parser.add_argument("--inputs", nargs="+", choices=tuple(INPUTS), default=list(INPUTS), help="the inputs to probe")
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -166,16 +169,16 @@ def main() -> int:
           "| input | moves learned from | best held-out R^2 (epoch) | R^2 on the moves learned from | seconds |\n"
           "| --- | --: | --: | --: | --: |")
     rows = []
-    for name in INPUTS:
+    for name in args.inputs:
         images = network_input(data, name)
         channels, size = images.shape[1], images.shape[-1]
         for fraction in (0.25, 0.5, 1.0):
             train = train_all[data["episode"][train_all] < fraction * args.episodes]
             torch.manual_seed(args.seed)
             start = time.time()
-            scores, train_score = fit_approach(DQN(size, size, 7, in_channels=channels), images, actions, approach,
-                                               train, test, args.epochs, np.random.default_rng(args.seed),
-                                               pad=max(2, size // 10))
+            net = NETWORKS[args.network](size, size, 7, in_channels=channels)
+            scores, train_score = fit_approach(net, images, actions, approach, train, test, args.epochs,
+                                               np.random.default_rng(args.seed), pad=max(2, size // 10))
             row = dict(input=name, fraction=fraction, train=len(train), test=len(test),
                        best_r2=round(max(scores), 3), best_epoch=int(np.argmax(scores)) + 1,
                        train_r2=round(train_score, 3),
@@ -184,7 +187,8 @@ def main() -> int:
             print(f"| {name} | {len(train)} | {row['best_r2']:.3f} ({row['best_epoch']}) | {row['train_r2']:.3f} "
                   f"| {row['seconds']} |",
                   flush=True)
-    write_rows(args.out / "approach_probe.csv", rows)
+    write_rows(args.out / ("approach_probe.csv" if args.network == "lecture" else f"approach_probe-{args.network}.csv"),
+               rows)
     return 0
 
 

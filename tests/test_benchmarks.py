@@ -155,3 +155,12 @@ def test_approach_probe_labels_the_moves_and_reuses_its_episodes(tmp_path):
         (i, f) for i in approach_probe.INPUTS for f in (0.25, 0.5, 1.0)]
     assert all(int(r["best_epoch"]) == 1 for r in rows), "one epoch was asked for"
     assert all(int(r["test"]) == int((data["episode"] % 5 == 4).sum()) for r in rows)
+
+    fine = subprocess.run(command + ["--network", "fine", "--inputs", "stack40", "rgb48"], capture_output=True,
+                          text=True, timeout=300)
+    assert fine.returncode == 0, fine.stderr
+    with open(tmp_path / "approach_probe-fine.csv", newline="") as handle:
+        assert [(r["input"], float(r["fraction"])) for r in csv.DictReader(handle)] == [
+            (i, f) for i in ("stack40", "rgb48") for f in (0.25, 0.5, 1.0)]
+    with open(tmp_path / "approach_probe.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == rows, "the lecture network's scores are kept"

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from common import (
     DQN,
+    FineDQN,
     SCREEN_SIZE,
     STACK_SIZE,
     TIMESTEP_SCALE,
@@ -67,6 +68,21 @@ def test_state_dict_has_the_lectures_names_and_shapes():
     net = DQN(40, 40, 7)
     net.load_state_dict(lecture_style, strict=True)
     assert torch.equal(net.head.bias, lecture_style["head.bias"])
+
+
+@pytest.mark.parametrize("size, grid", [(40, 5), (48, 6), (96, 12)])
+def test_the_fine_network_keeps_a_finer_grid_and_is_rebuilt_from_its_config(size, grid):
+    net = FineDQN(size, size, 7, timestep_input=True, rgb=True)
+    states = torch.rand(3, 3 * STACK_SIZE, size, size)
+    assert net.convolutions(states).shape == (3, 64, grid, grid)
+    assert net.linear.in_features == grid * grid * 64 + 1
+    assert net(states, torch.tensor([0, 3, 6])).shape == (3, 7)
+    assert net.config == {"timestep_input": True, "image_size": size, "rgb": True, "network": "fine"}
+    rebuilt = DQN.from_config(net.config, 7)
+    assert type(rebuilt) is FineDQN
+    rebuilt.load_state_dict(net.state_dict(), strict=True)
+    with pytest.raises(RuntimeError):
+        DQN(size, size, 7, timestep_input=True, rgb=True).load_state_dict(net.state_dict(), strict=True)
 
 
 def random_frame(rng: np.random.Generator, shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)) -> np.ndarray:
@@ -148,7 +164,7 @@ def test_colour_frames_are_stored_sampled_and_fed_to_a_network_built_for_them():
     assert torch.equal(states[:, 3:6], batch.state[:, 1].float() / 255), "frame 1's colours are channels 3 to 5"
     net = DQN.for_observation(observation, 7)
     assert net.conv1.in_channels == 3 * STACK_SIZE and net(states).shape == (4, 7)
-    assert net.config == {"timestep_input": False, "image_size": 36, "rgb": True}
+    assert net.config == {"timestep_input": False, "image_size": 36, "rgb": True, "network": "lecture"}
     rebuilt = DQN.from_config(net.config, 7)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 

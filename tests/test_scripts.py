@@ -221,7 +221,7 @@ def test_timestep_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
     result = run_script("train", "--episodes", "3", "--timestep-input", "--logdir", "runs/t", *FAST, cwd=workdir)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
-    assert state["config"] == {"timestep_input": True, "image_size": 40, "rgb": False}
+    assert state["config"] == {"timestep_input": True, "image_size": 40, "rgb": False, "network": "lecture"}
     assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 64 + 1)
 
     result = run_script("eval", "--episodes", "2", "--num-envs", "2", "--checkpoint", "policy_dqn.resume.pt",
@@ -234,13 +234,14 @@ def test_timestep_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
     assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ())["episode"] == 3
 
 
-def test_a_larger_colour_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
-    result = run_script("train", "--episodes", "3", "--rgb", "--image-size", "64", "--num-envs", "2",
-                        "--clip-every", "3", "--logdir", "runs/c", *FAST, cwd=workdir)
+def test_a_larger_colour_input_and_the_fine_network_are_recorded_and_the_eval_script_rebuilds_them(workdir):
+    result = run_script("train", "--episodes", "3", "--rgb", "--image-size", "64", "--network", "fine",
+                        "--num-envs", "2", "--clip-every", "3", "--logdir", "runs/c", *FAST, cwd=workdir)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
-    assert state["config"] == {"timestep_input": False, "image_size": 64, "rgb": True}
-    assert state["policy_net_state_dict"]["conv1.weight"].shape == (32, 3 * 5, 8, 8)
+    assert state["config"] == {"timestep_input": False, "image_size": 64, "rgb": True, "network": "fine"}
+    assert state["policy_net_state_dict"]["conv1.weight"].shape == (32, 3 * 5, 4, 4)
+    assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 8 * 8 * 64)
     assert state["replay_memory"]["frames"].shape[2:] == (3, 64, 64)
     accumulator = EventAccumulator(str(workdir / "runs" / "c"))
     accumulator.Reload()
@@ -257,7 +258,7 @@ def test_a_larger_colour_input_is_recorded_and_the_eval_script_rebuilds_it(workd
     assert (workdir / "c.gif").stat().st_size > 0
 
     result = run_script("train", "--resume", "--episodes", "4", *FAST, cwd=workdir)
-    assert_one_line_error(result, "policy_dqn.resume.pt", "--image-size 64 --rgb")
+    assert_one_line_error(result, "policy_dqn.resume.pt", "--image-size 64 --rgb --network fine")
     assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ())["episode"] == 3
 
 
