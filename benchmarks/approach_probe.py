@@ -115,7 +115,8 @@ def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def fit_approach(net: torch.nn.Module, images: torch.Tensor, actions: torch.Tensor, approach: torch.Tensor,
-                 train: np.ndarray, test: np.ndarray, epochs: int, rng: np.random.Generator, pad: int) -> tuple[list[float], float]:
+                 train: np.ndarray, test: np.ndarray, epochs: int, rng: np.random.Generator,
+                 pad: int) -> tuple[list[float], float]:
     """Held-out R^2 after each epoch of training `net`'s output for the action taken, and R^2 on `train` at the end."""
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, weight_decay=1e-4)
 
