@@ -22,7 +22,6 @@ lecture's network, or with `--network fine` to the finer one (`FineDQN`):
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import NETWORKS, EnvPool, FrameStack, positive_int, preprocess_frame, random_shift, to_float  # noqa: E402
+from common import (NETWORKS, EnvPool, FrameStack, OneLineArgumentParser, positive_int, preprocess_frame,  # noqa: E402
+                    random_shift, to_float)
 from input_probe import RandomEpisodes, in_episode_order, saved_episodes, write_rows  # noqa: E402
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
@@ -142,7 +142,7 @@ def fit_approach(net: torch.nn.Module, images: torch.Tensor, actions: torch.Tens
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=positive_int, default=1000, help="random-policy episodes to learn from")
     parser.add_argument("--epochs", type=positive_int, default=20, help="epochs of each probe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the probes")

@@ -15,7 +15,6 @@ the area under the ROC curve (AUC; 0.5 is chance), best and mean of the last 3 e
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import random
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import DQN, EnvPool, atomic_write, positive_int, to_float  # noqa: E402
+from common import DQN, EnvPool, OneLineArgumentParser, atomic_write, positive_int, to_float  # noqa: E402
 from probe import fit_outcome  # noqa: E402
 
 SIZES = (48, 96)
@@ -135,7 +134,7 @@ def spatial_net(channels: int, size: int) -> nn.Module:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=positive_int, default=1200, help="random-policy episodes to learn from")
     parser.add_argument("--min-timestep", type=int, nargs="+", default=[4, 6],
                         help="probe on the states at or after each of these timesteps")

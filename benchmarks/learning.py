@@ -36,8 +36,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import (CHECKPOINT_KEYS, atomic_write, positive_int, resume_path, save_checkpoint,  # noqa: E402
-                    wilson_interval)
+from common import (CHECKPOINT_KEYS, OneLineArgumentParser, atomic_write, positive_int, resume_path,  # noqa: E402
+                    save_checkpoint, wilson_interval)
 
 FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
 SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
@@ -121,6 +121,17 @@ def evaluate(checkpoint: Path, policy: str, objects: str, args: argparse.Namespa
             "ci_low": round(low, 4), "ci_high": round(high, 4)}
 
 
+def read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """The run's stored settings; a file that is not what this script wrote is refused in one line, not replaced."""
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        parser.error(f"{path} is not valid JSON ({error}); repair it, or pass another name")
+    if not isinstance(config, dict) or not isinstance(config.get("train_flags"), list):
+        parser.error(f"{path} holds no list of training flags; repair it, or pass another name")
+    return config
+
+
 def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -184,7 +195,7 @@ def main() -> int:
     argv = sys.argv[1:]
     train_flags = argv[argv.index("--") + 1:] if "--" in argv else None
     own = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="the configuration's folder under --results")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where the configurations' folders and the combined plot go")
@@ -209,7 +220,7 @@ def main() -> int:
     folder = args.results / args.name
     folder.mkdir(parents=True, exist_ok=True)
     config_path, csv_path = folder / "config.json", folder / "learning.csv"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {"train_flags": train_flags or []}
+    config = read_config(config_path, parser) if config_path.exists() else {"train_flags": train_flags or []}
     if train_flags is not None and train_flags != config["train_flags"]:
         parser.error(f"{config_path} holds training flags {config['train_flags']}; pass the same, none, or another "
                      "name")

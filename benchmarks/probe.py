@@ -16,7 +16,6 @@ areas under the ROC curve (AUC): the chance that a success scores above a failur
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import (  # noqa: E402
-    DQN, Batch, Observation, ReplayMemory, checkpoint_config, load_checkpoint, load_state, observation_of, random_shift,
-    to_float,
+    DQN, Batch, Observation, OneLineArgumentParser, ReplayMemory, checkpoint_config, load_checkpoint, load_state,
+    observation_of, random_shift, to_float,
 )
 
 def roc_auc(scores: np.ndarray, outcomes: np.ndarray) -> float:
@@ -109,7 +108,7 @@ def supervised_probe(batches: list[Batch], observation: Observation, epochs: int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("state", type=Path, help="a run's resumable state (NAME.resume.pt), replay memory included")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="a best model saved earlier in the same run, for probe 1")

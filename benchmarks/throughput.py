@@ -13,7 +13,6 @@ end. Prints a Markdown table, then the replay memory's bytes per transition.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import random
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import EnvPool, ReplayMemory, positive_int, resolve_device  # noqa: E402
+from common import EnvPool, OneLineArgumentParser, ReplayMemory, positive_int, resolve_device  # noqa: E402
 
 THROUGHPUT_LINE = re.compile(r"Throughput: ([\d.]+) episodes/s, ([\d.]+) env steps/s, ([\d.]+) gradient steps/s")
 
@@ -104,7 +103,7 @@ def machine(device: torch.device) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-envs", type=positive_int, default=os.cpu_count(),
                         help="largest N measured (default: the number of cores)")
     parser.add_argument("--episodes-per-env", type=positive_int, default=40,

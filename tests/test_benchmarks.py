@@ -69,6 +69,13 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     scenes = learning(tmp_path, "--eval-envs", "2")
     assert scenes.returncode == 2 and scenes.stderr.strip().splitlines()[-1].endswith(
         "holds --eval-envs 1, which chooses the evaluation scenes; pass the same, none, or another name")
+    for text, problem in (('{"train_flags": ["--max-steps"', "is not valid JSON"),
+                          ('{"train_flags": "--double-dqn"}', "holds no list of training flags")):
+        (folder / "config.json").write_text(text)
+        refused = learning(tmp_path)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"config.json {problem}" in refused.stderr.strip().splitlines()[-1]
+        assert (folder / "config.json").read_text() == text, "the user's file is left as it was"
 
 
 def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
