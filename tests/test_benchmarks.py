@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import CHECKPOINT_KEYS, DQN, load_checkpoint, preprocess_frame, resume_path
+from common import CHECKPOINT_KEYS, DQN, load_checkpoint, make_env, preprocess_frame, resume_path
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import approach_probe  # noqa: E402
+import fixed_scenes  # noqa: E402
 from input_probe import collect as collect_outcomes  # noqa: E402
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
@@ -171,3 +173,40 @@ def test_approach_probe_labels_the_moves_and_reuses_its_episodes(tmp_path):
             (i, f) for i in ("stack40", "rgb48") for f in (0.25, 0.5, 1.0)]
     with open(tmp_path / "approach_probe.csv", newline="") as handle:
         assert list(csv.DictReader(handle)) == rows, "the lecture network's scores are kept"
+
+
+def test_repeating_scenes_set_up_each_scene_again_and_leave_the_generators_as_they_were():
+    env = make_env(is_test=False, max_steps=3)
+    try:
+        original_reset = type(env).reset
+        before = random.getstate(), np.random.get_state()
+        with fixed_scenes.repeating_scenes(2) as scenes:
+            frames = [env.reset() for _ in range(3)]
+        assert scenes == [0, 1, 0]
+        assert np.array_equal(frames[0], frames[2]), "scene 0 again: the same objects in the same places"
+        assert not np.array_equal(frames[0], frames[1])
+        after = np.random.get_state()
+        assert random.getstate() == before[0] and np.array_equal(after[1], before[1][1]) and after[2:] == before[1][2:]
+        assert type(env).reset is original_reset
+    finally:
+        env.close()
+
+
+def test_fixed_scenes_benchmark_trains_then_scores_each_scene(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "fixed_scenes.py"), "--out", str(tmp_path), "--scenes", "2",
+               "--episodes", "2", "--eval-episodes", "2", "--", "--max-steps", "3", "--batch-size", "4", "--device",
+               "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Episode 2's policy, 2 episodes per scene:" in result.stdout
+    with open(tmp_path / "scenes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scene"], r["policy"], r["episodes"]) for r in rows] == [
+        (scene, policy, "2") for scene in ("0", "1") for policy in ("greedy", "random")]
+    assert all(0 <= int(r["successes"]) <= 2 for r in rows)
+    evaluated = load_checkpoint(tmp_path / "policies" / "episode-2.pt", torch.device("cpu"), CHECKPOINT_KEYS)
+    DQN(40, 40, 7).load_state_dict(evaluated["policy_net_state_dict"], strict=True)
+
+    refused = subprocess.run([*command[:-7], "--", "--num-envs", "2"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "fixed_scenes.py: error: training flag --num-envs is set by this script; leave it out"]

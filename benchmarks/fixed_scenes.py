@@ -1,0 +1,154 @@
+"""Can the agent learn from its images at all? Train and evaluate it on a few scenes that repeat.
+
+    python benchmarks/fixed_scenes.py                              # 5 scenes, 400 episodes: ~23 min on 2 cores
+    python benchmarks/fixed_scenes.py -- --network fine --rgb      # training flags, after the defaults
+
+The environment draws each scene (which objects, where, how turned) from `random` and NumPy's
+global generator. Here every reset reseeds both with the scene's number, 0 to --scenes - 1 in turn,
+and then puts their state back, so training meets the same few scenes again and again while its own
+random draws (exploration, replay sampling) go on as before. Training runs in this process with one
+environment, which is where the reseeding reaches, with the fast preset and epsilon decaying over
+200 episodes; flags after -- are added after these and override them. Then its final policy plays every scene
+--eval-episodes times greedily, and the random policy as often, on the same scenes.
+
+A learner that reads its images memorises a handful of scenes; one that cannot see, or a broken
+update, does not. Where a configuration stays at the random policy's level on unseen objects
+(learning.py), this separates the two causes. Writes OUT/scenes.csv (one row per scene and policy),
+the run's checkpoints and TensorBoard logs, and OUT/policies/episode-E.pt, the policy evaluated; a
+later call with more --episodes and the same training flags goes on from the saved state.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import random
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bullet_kuka_eval  # noqa: E402
+import bullet_kuka_train  # noqa: E402
+import common  # noqa: E402
+from common import (OneLineArgumentParser, atomic_write, positive_int, report_errors, resume_path,  # noqa: E402
+                    wilson_interval)
+from learning import saved_state, snapshot  # noqa: E402
+
+TRAIN_FLAGS = ("--preset", "fast", "--eps-decay-last-frame", "200")
+"""Training flags before the user's: epsilon reaches 0.05 at episode 200, half way through the default budget."""
+SET_HERE = ("--num-envs", "--episodes", "--checkpoint", "--logdir", "--resume", "--render")
+"""Training flags this script sets itself: one environment in this process, the budget, where the run lives."""
+EPISODE_LINE = re.compile(r"^Episode: (\d+), reward: (\d)$", re.MULTILINE)
+
+
+@contextlib.contextmanager
+def repeating_scenes(count: int) -> Iterator[list[int]]:
+    """Within the block, each reset of an environment in this process sets up scene 0, 1, ..., count - 1 in turn.
+
+    Yields the list of scenes set up so far, in order, so that episodes can be matched with their scenes.
+    Environments in worker processes (EnvPool) are not affected.
+    """
+    env_class = common._grasp_env_class()
+    original_reset = env_class.reset
+    scenes: list[int] = []
+
+    def reset_to_scene(env: Any) -> Any:
+        scene = len(scenes) % count
+        scenes.append(scene)
+        saved = random.getstate(), np.random.get_state()
+        random.seed(scene)
+        np.random.seed(scene)
+        try:
+            return original_reset(env)
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+
+    env_class.reset = reset_to_scene
+    try:
+        yield scenes
+    finally:
+        env_class.reset = original_reset
+
+
+def play(policy: str, checkpoint: Path, args: Any) -> list[tuple[int, int]]:
+    """(scene, reward) for each of the evaluation's episodes, every scene --eval-episodes times."""
+    output = io.StringIO()
+    command = ["--policy", policy, "--checkpoint", str(checkpoint), "--objects", "train", "--num-envs", "1",
+               "--episodes", str(args.scenes * args.eval_episodes), "--seed", str(args.seed)]
+    with repeating_scenes(args.scenes) as scenes, contextlib.redirect_stdout(output):
+        status = bullet_kuka_eval.main(command)
+    if status:
+        raise SystemExit(status)
+    print(output.getvalue().strip().splitlines()[-1])  # the success line, with its interval
+    return list(zip(scenes, (int(reward) for _, reward in EPISODE_LINE.findall(output.getvalue()))))
+
+
+def main() -> int:
+    own, given = sys.argv[1:], []
+    if "--" in own:
+        own, given = own[:own.index("--")], own[own.index("--") + 1:]
+    train_flags = [*TRAIN_FLAGS, *given]
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes", type=positive_int, default=5, help="scenes to train and evaluate on")
+    parser.add_argument("--episodes", type=positive_int, default=400, help="training episodes in all")
+    parser.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per scene and policy")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random policy's actions")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fixed-scenes",
+                        help="folder of the run and its results")
+    args = parser.parse_args(own)
+    for flag in SET_HERE:
+        if any(given == flag or given.startswith(flag + "=") for given in train_flags):
+            parser.error(f"training flag {flag} is set by this script; leave it out")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.out / "policy_dqn.pt"
+    command = [*train_flags, "--num-envs", "1", "--episodes", str(args.episodes), "--solve-score", "101",
+               "--clip-every", "0", "--checkpoint", str(checkpoint), "--logdir", str(args.out / "logs")]
+    if resume_path(checkpoint).exists():
+        command.append("--resume")
+    with repeating_scenes(args.scenes):
+        status = bullet_kuka_train.main(command)
+    if status:
+        return status
+    episode = saved_state(args.out)[0]
+    policy = snapshot(args.out, episode)
+
+    played = {name: play(name, policy, args) for name in ("greedy", "random")}
+    rows = []
+    for scene in range(args.scenes):
+        for name, outcomes in played.items():
+            rewards = [reward for drawn, reward in outcomes if drawn == scene]
+            rows.append({"episode": episode, "scene": scene, "policy": name, "successes": sum(rewards),
+                         "episodes": len(rewards)})
+    with atomic_write(args.out / "scenes.csv") as handle:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=tuple(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        handle.write(text.getvalue().encode())
+
+    print(f"Episode {episode}'s policy, {args.eval_episodes} episodes per scene:")
+    print("| scene | greedy | random |\n| --: | --: | --: |")
+    for scene in range(args.scenes):
+        cells = [f"{r['successes']}/{r['episodes']}" for r in rows if r["scene"] == scene]
+        print(f"| {scene} | {cells[0]} | {cells[1]} |")
+    totals = []
+    for name, outcomes in played.items():
+        successes = sum(reward for _, reward in outcomes)
+        low, high = wilson_interval(successes, len(outcomes))
+        totals.append(f"{successes}/{len(outcomes)} ({100 * successes / len(outcomes):.0f}%, "
+                      f"{100 * low:.0f}-{100 * high:.0f}%)")
+    print(f"| all | {totals[0]} | {totals[1]} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(report_errors(main))
