@@ -20,7 +20,6 @@ later call with more --episodes and the same training flags goes on from the sav
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import random
 import re
@@ -37,8 +36,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bullet_kuka_eval  # noqa: E402
 import bullet_kuka_train  # noqa: E402
 import common  # noqa: E402
-from common import (OneLineArgumentParser, atomic_write, positive_int, report_errors, resume_path,  # noqa: E402
-                    wilson_interval)
+from common import OneLineArgumentParser, positive_int, report_errors, resume_path, wilson_interval  # noqa: E402
+from input_probe import write_rows  # noqa: E402
 from learning import saved_state, snapshot  # noqa: E402
 
 TRAIN_FLAGS = ("--preset", "fast", "--eps-decay-last-frame", "200")
@@ -105,7 +104,7 @@ def main() -> int:
                         help="folder of the run and its results")
     args = parser.parse_args(own)
     for flag in SET_HERE:
-        if any(given == flag or given.startswith(flag + "=") for given in train_flags):
+        if any(arg == flag or arg.startswith(flag + "=") for arg in given):
             parser.error(f"training flag {flag} is set by this script; leave it out")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,12 +127,7 @@ def main() -> int:
             rewards = [reward for drawn, reward in outcomes if drawn == scene]
             rows.append({"episode": episode, "scene": scene, "policy": name, "successes": sum(rewards),
                          "episodes": len(rewards)})
-    with atomic_write(args.out / "scenes.csv") as handle:
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=tuple(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        handle.write(text.getvalue().encode())
+    write_rows(args.out / "scenes.csv", rows)
 
     print(f"Episode {episode}'s policy, {args.eval_episodes} episodes per scene:")
     print("| scene | greedy | random |\n| --: | --: | --: |")
