@@ -25,7 +25,7 @@ import random
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -47,6 +47,22 @@ SET_HERE = ("--num-envs", "--episodes", "--checkpoint", "--logdir", "--resume", 
 EPISODE_LINE = re.compile(r"^Episode: (\d+), reward: (\d)$", re.MULTILINE)
 
 
+def reset_to_scene(reset: Callable[[], Any], scene: int) -> Any:
+    """Call `reset` with `random` and NumPy's global generator seeded by `scene`, then put their state back.
+
+    The environment draws its objects and their poses from those two, so the same number sets up the
+    same scene, pixel for pixel, while every other random draw in the process goes on undisturbed.
+    """
+    saved = random.getstate(), np.random.get_state()
+    random.seed(scene)
+    np.random.seed(scene)
+    try:
+        return reset()
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+
+
 @contextlib.contextmanager
 def repeating_scenes(count: int) -> Iterator[list[int]]:
     """Within the block, each reset of an environment in this process sets up scene 0, 1, ..., count - 1 in turn.
@@ -58,19 +74,12 @@ def repeating_scenes(count: int) -> Iterator[list[int]]:
     original_reset = env_class.reset
     scenes: list[int] = []
 
-    def reset_to_scene(env: Any) -> Any:
+    def reset_in_turn(env: Any) -> Any:
         scene = len(scenes) % count
         scenes.append(scene)
-        saved = random.getstate(), np.random.get_state()
-        random.seed(scene)
-        np.random.seed(scene)
-        try:
-            return original_reset(env)
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
+        return reset_to_scene(lambda: original_reset(env), scene)
 
-    env_class.reset = reset_to_scene
+    env_class.reset = reset_in_turn
     try:
         yield scenes
     finally:

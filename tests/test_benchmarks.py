@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from common import CHECKPOINT_KEYS, DQN, load_checkpoint, make_env, preprocess_frame, resume_path
-from conftest import ROOT
+from conftest import ROOT, assert_one_line_error
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import approach_probe  # noqa: E402
 import fixed_scenes  # noqa: E402
+import scene_ceiling  # noqa: E402
 from input_probe import collect as collect_outcomes  # noqa: E402
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
@@ -210,3 +211,42 @@ def test_fixed_scenes_benchmark_trains_then_scores_each_scene(tmp_path):
     refused = subprocess.run([*command[:-7], "--", "--num-envs", "2"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         "fixed_scenes.py: error: training flag --num-envs is set by this script; leave it out"]
+
+
+def test_an_episode_replayed_from_its_scene_ends_the_same_way():
+    env = make_env(is_test=False)
+    rng = np.random.default_rng(0)
+    try:
+        played = {}
+        for episode in range(40):  # the random policy lifts an object in about a third of its episodes
+            scene = episode % 4
+            actions, reward = scene_ceiling.play(env, scene, lambda: int(rng.integers(7)))
+            played.setdefault(reward > 0, (scene, actions, reward))
+            if len(played) == 2:
+                break
+        assert set(played) == {True, False}, "a success and a failure to replay"
+        for scene, actions, reward in played.values():
+            moves = iter(actions)
+            assert scene_ceiling.play(env, scene, lambda: next(moves)) == (actions, reward)
+    finally:
+        env.close()
+
+
+def test_scene_ceiling_benchmark_tries_every_scene_and_replays_its_successes(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "scene_ceiling.py"), "--out", str(tmp_path),
+               "--scenes", "3", "--tries", "2", "--objects", "train"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "scenes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scene"], r["tries"]) for r in rows] == [("0", "2"), ("1", "2"), ("2", "2")]
+    for row in rows:
+        assert 0 <= int(row["successes"]) <= 2
+        assert row["replay_reward"] == ("1" if int(row["successes"]) else ""), "a success replays as a success"
+    lifted = sum(int(r["successes"]) > 0 for r in rows)
+    assert f"scenes lifted at least once:  {lifted}/3" in result.stdout
+    alone = subprocess.run([*command, "--num-workers", "1"], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and alone.stdout == result.stdout, "the same tries whichever worker plays a scene"
+
+    assert_one_line_error(subprocess.run([*command, "--tries", "0"], capture_output=True, text=True, timeout=60),
+                          "--tries", "must be a positive integer")
