@@ -1,6 +1,6 @@
 """How far above the random policy could a policy get? Play every scene many times with random moves.
 
-    python benchmarks/scene_ceiling.py                              # 100 test scenes, 10 tries each: ~13 min on 2 cores
+    python benchmarks/scene_ceiling.py                              # 100 test scenes, 10 tries each: ~14 min on 2 cores
     python benchmarks/scene_ceiling.py --objects train --scenes 20
 
 Each try resets the environment to the same scene (fixed_scenes.reset_to_scene: scene s is what the
