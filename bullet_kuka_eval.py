@@ -42,7 +42,7 @@ from common import (
     resume_path,
     seed_everything,
     seed_int,
-    wilson_interval,
+    success_rate,
 )
 
 Policy = Callable[[np.ndarray, list[int], list[int]], list[int]]
@@ -230,9 +230,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     print(action_summary(sequences))
     successes = int(sum(rewards))
-    low, high = wilson_interval(successes, args.episodes)
-    print(f"Success rate: {successes}/{args.episodes} = {100 * successes / args.episodes:.1f}% "
-          f"(95% CI {100 * low:.1f}-{100 * high:.1f}%), {args.policy} policy on {args.objects} objects")
+    print(f"Success rate: {success_rate(successes, args.episodes)}, {args.policy} policy on {args.objects} objects")
     return 0
 
 

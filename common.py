@@ -973,6 +973,12 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - margin), min(1.0, centre + margin)
 
 
+def success_rate(successes: int, trials: int) -> str:
+    """`successes/trials = rate% (95% CI low-high%)`, the way the scripts print a success rate."""
+    low, high = wilson_interval(successes, trials)
+    return f"{successes}/{trials} = {100 * successes / trials:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
+
+
 # ---------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import OneLineArgumentParser, make_env, positive_int, report_errors, seed_int, wilson_interval  # noqa: E402
+from common import OneLineArgumentParser, make_env, positive_int, report_errors, seed_int, success_rate  # noqa: E402
 from fixed_scenes import reset_to_scene  # noqa: E402
 from input_probe import write_rows  # noqa: E402
 
@@ -70,11 +70,6 @@ def ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def percent(successes: int, trials: int) -> str:
-    low, high = wilson_interval(successes, trials)
-    return f"{successes}/{trials} = {100 * successes / trials:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
-
-
 def main() -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=positive_int, default=100, help="scenes 0 to N-1 to play")
@@ -89,16 +84,17 @@ def main() -> int:
 
     executor = ProcessPoolExecutor(args.num_workers, mp_context=get_context("spawn"), initializer=ignore_ctrl_c)
     try:
-        rows = list(executor.map(try_scene, range(args.scenes), [args.tries] * args.scenes,
-                                 [args.seed] * args.scenes, [args.objects == "test"] * args.scenes))
+        play_scene = functools.partial(try_scene, tries=args.tries, seed=args.seed, is_test=args.objects == "test")
+        rows = list(executor.map(play_scene, range(args.scenes)))
     finally:
         executor.shutdown(cancel_futures=True)
     write_rows(args.out / "scenes.csv", rows)
 
     lifted = [row for row in rows if row["successes"]]
     print(f"Random policy, {args.tries} tries in each of {args.scenes} scenes, {args.objects} objects:")
-    print(f"  tries that lifted an object:  {percent(sum(r['successes'] for r in rows), args.scenes * args.tries)}")
-    print(f"  scenes lifted at least once:  {percent(len(lifted), args.scenes)}")
+    tries_lifted = sum(row["successes"] for row in rows)
+    print(f"  tries that lifted an object:  {success_rate(tries_lifted, args.scenes * args.tries)}")
+    print(f"  scenes lifted at least once:  {success_rate(len(lifted), args.scenes)}")
     print(f"  replays that lifted it again: {sum(r['replay_reward'] for r in lifted)}/{len(lifted)}")
     spread = Counter(row["successes"] for row in rows)
     print("  scenes by successes:          " + ", ".join(f"{k}: {spread[k]}" for k in range(args.tries + 1)))
