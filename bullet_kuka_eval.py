@@ -28,6 +28,7 @@ from common import (
     OneLineArgumentParser,
     UsageError,
     check_writable_folder,
+    checkpoint_agent,
     checkpoint_config,
     display_problem,
     greedy_actions,
@@ -44,6 +45,10 @@ from common import (
     seed_int,
     success_rate,
 )
+from pose_agent import GraspNet, PoseLattice, PosePolicy, pose_config
+
+PRETRAINED = "pretrained/policy_dqn.pt"
+"""The shipped policy, trained with --preset fast (see the README)."""
 
 Policy = Callable[[np.ndarray, list[int], list[int]], list[int]]
 """Actions for a batch of uint8 states, given the indices of their environments and their timesteps."""
@@ -186,11 +191,16 @@ def evaluate(args: argparse.Namespace) -> int:
     checkpoint = None
     if args.policy == "greedy":
         latest = resume_path(args.checkpoint)
+        if not args.checkpoint.exists() and not latest.exists():
+            raise UsageError(f"{args.checkpoint}: no such checkpoint file; train one (python bullet_kuka_train.py "
+                             f"--preset fast) or pass --checkpoint {PRETRAINED}")
         if not args.checkpoint.exists() and latest.exists():
             raise UsageError(f"{args.checkpoint}: no such checkpoint file yet (training saves the best model after "
                              f"episode 100); to evaluate the latest policy, pass --checkpoint {latest}")
         checkpoint = load_checkpoint(args.checkpoint, device, ("policy_net_state_dict",))
-        config = checkpoint_config(checkpoint, args.checkpoint)
+        agent = checkpoint_agent(checkpoint)
+        config = pose_config(checkpoint, args.checkpoint) if agent == "pose" else \
+            checkpoint_config(checkpoint, args.checkpoint)
     observation = Observation() if checkpoint is None else observation_of(config)
 
     is_test = args.objects == "test"
@@ -209,6 +219,10 @@ def evaluate(args: argparse.Namespace) -> int:
 
             def policy(states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
                 return [rngs[index].randrange(n_actions) for index in indices]
+        elif agent == "pose":
+            grasp_net = GraspNet.from_config(config).to(device)
+            load_state(grasp_net, checkpoint, "policy_net_state_dict", args.checkpoint)
+            policy = PosePolicy(grasp_net, PoseLattice())
         else:
             policy_net = DQN.from_config(config, n_actions).to(device)
             load_state(policy_net, checkpoint, "policy_net_state_dict", args.checkpoint)

@@ -18,7 +18,7 @@ import time
 import timeit
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from common import (
-    CHECKPOINT_KEYS,
     DQN,
     NETWORKS,
     SCREEN_SIZE,
@@ -41,6 +40,7 @@ from common import (
     UsageError,
     WorkerError,
     check_writable_folder,
+    checkpoint_agent,
     checkpoint_config,
     display_problem,
     epsilon_by_episode,
@@ -65,21 +65,29 @@ from common import (
     soft_update,
     worker_seed,
 )
+from pose_agent import PoseAgent, pose_config
 
 BEST_MODEL_AFTER_EPISODE = 100
 """The best model is saved only once the mean covers more than this many episodes (lecture)."""
 SOLVE_AFTER_EPISODE = 200
 """The solve condition is checked from this episode on (lecture)."""
-RESUME_KEYS = CHECKPOINT_KEYS + (
+RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict",
     "episode", "total_rewards", "best_mean_reward", "ten_rewards", "global_step", "logdir", "elapsed_seconds")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "lecture": {},
-    "fast": dict(double_dqn=True, n_step=3, gamma=0.9, target_update_steps=500, augment=True, eps_start=1.0,
+    "fast": dict(agent="pose", image_size=96, rgb=True, lr=1e-3, eps_start=1.0, eps_end=0.1, eps_decay_last_frame=1000,
+                 memory=10000, learning_starts=100, updates_per_step=0.25),
+    "fast-dqn": dict(double_dqn=True, n_step=3, gamma=0.9, target_update_steps=500, augment=True, eps_start=1.0,
                  eps_end=0.05, eps_decay_last_frame=500, memory=30000, learning_starts=1000, updates_per_step=4.0),
 }
 """Defaults that --preset puts in place of the lecture's; flags given on the command line still win."""
+
+
+DQN_ONLY = ("gamma", "target_update", "target_update_steps", "tau", "double_dqn", "n_step", "augment",
+            "timestep_input", "network")
+"""Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
 
 
 def preset_flags(name: str) -> str:
@@ -94,8 +102,13 @@ def preset_flags(name: str) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None):
     parser = OneLineArgumentParser(description="Train the lecture's DQN on KukaDiverseObjectEnv (pybullet).")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="lecture",
-                        help="defaults to start from: the lecture's, or 'fast', which stands for "
-                             f"{preset_flags('fast')}; flags given here override them")
+                        help="defaults to start from: the lecture's; 'fast', the pose agent that learns fastest, "
+                             f"which stands for {preset_flags('fast')}; or 'fast-dqn', the fastest-learning DQN "
+                             f"measured, {preset_flags('fast-dqn')}; flags given here override them")
+    parser.add_argument("--agent", choices=("dqn", "pose"), default="dqn",
+                        help="the lecture's DQN, or the pose agent (pose_agent.py), which scores the final poses the "
+                             "gripper can still reach on the episode's first frame and heads for the best; "
+                             "the checkpoint records it")
     parser.add_argument("--episodes", type=positive_int, default=10**7,
                         help="train until this many episodes in all, resumed ones included (lecture: 10**7)")
     parser.add_argument("--max-steps", type=positive_int, default=20,
@@ -103,7 +116,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--batch-size", type=positive_int, default=32, help="transitions per gradient step")
     parser.add_argument("--gamma", type=probability, default=0.99, help="discount factor")
     parser.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate")
-    parser.add_argument("--memory", type=positive_int, default=10000, help="replay memory capacity in transitions")
+    parser.add_argument("--memory", type=positive_int, default=10000, help="replay memory capacity: transitions (dqn) or finished episodes (pose)")
     parser.add_argument("--target-update", type=positive_int, default=1000,
                         help="copy the policy network into the target network every this many episodes")
     sync = parser.add_mutually_exclusive_group()
@@ -132,8 +145,11 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                         help="the Q-network's convolutions: the lecture's, or 'fine' ones (strides 2, 1, 2, 2) that "
                              "keep a 6x6 grid of positions at 48x48; the checkpoint records it")
     parser.add_argument("--learning-starts", type=non_negative_int, default=0,
-                        help="no gradient step before the memory holds this many transitions (lecture: one batch)")
-    parser.add_argument("--eps-start", type=probability, default=0.9, help="epsilon at episode 0")
+                        help="no gradient step before the memory holds this many transitions, or episodes with --agent "
+                             "pose (lecture: one batch)")
+    parser.add_argument("--eps-start", type=probability, default=0.9,
+                        help="epsilon at episode 0: the chance of a random action, or with --agent pose of an "
+                             "episode that heads for a random final pose")
     parser.add_argument("--eps-end", type=probability, default=0.1, help="lowest epsilon")
     parser.add_argument("--eps-decay-last-frame", type=positive_int, default=10**4,
                         help="epsilon falls by 1 over this many episodes: eps = max(end, start - episode / this)")
@@ -161,8 +177,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="continue from the resumable state beside --checkpoint instead of starting over")
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
+    lecture = {dest: parser.get_default(dest) for dest in DQN_ONLY}
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
+    if args.agent == "pose":
+        for dest in DQN_ONLY:
+            if getattr(args, dest) != lecture[dest]:
+                parser.error(f"argument --{dest.replace('_', '-')}: applies to --agent dqn only")
     if args.tau is not None:  # the two are exclusive on the command line; a preset's step sync yields to --tau
         args.target_update_steps = None
     if args.render and args.num_envs > 1:
@@ -198,6 +219,81 @@ def stop_signals_deferred() -> Iterator[None]:
             raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
 
 
+class DQNAgent:
+    """The lecture's learner: policy and target networks, Adam and the replay memory of transitions.
+
+    `Trainer` drives it, or the pose agent (pose_agent.PoseAgent) through the same methods.
+    """
+
+    def __init__(self, args: argparse.Namespace, observation: Observation, n_actions: int, device: torch.device,
+                 seed: int) -> None:
+        self.args = args
+        self.n_actions = n_actions
+        self.rng = random.Random(seed)
+        network = NETWORKS[args.network]
+        self.policy_net = network.for_observation(observation, n_actions, args.timestep_input).to(device)
+        self.target_net = network.for_observation(observation, n_actions, args.timestep_input).to(device)
+        self.target_net.load_state_dict(self.policy_net.state_dict())
+        self.target_net.eval()
+        self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
+        self.memory = ReplayMemory(args.memory, device, num_streams=args.num_envs, seed=seed,
+                                   frame_shape=observation.frame_shape)
+        self.gradient_steps = 0
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.policy_net.config
+
+    def act(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float) -> list[int]:
+        return select_actions(self.policy_net, states, epsilon, self.n_actions, self.rng, timesteps)
+
+    def greedy_policy(self) -> Callable[[np.ndarray, list[int], list[int]], list[int]]:
+        return lambda states, indices, timesteps: greedy_actions(self.policy_net, states, timesteps)
+
+    def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
+              stream: int = 0) -> None:
+        self.memory.push(state, action, next_state, reward, stream)
+
+    def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """One call of the lecture's optimize_model and the target sync by steps; nothing until the memory holds a
+        batch and --learning-starts transitions."""
+        args = self.args
+        if len(self.memory) < args.learning_starts:
+            return None
+        result = optimize_model(self.policy_net, self.target_net, self.optimizer, self.memory, args.batch_size,
+                                args.gamma, n_step=args.n_step, double_dqn=args.double_dqn, augment=args.augment)
+        if result is None:
+            return None
+        self.gradient_steps += 1
+        if args.tau is not None:
+            soft_update(self.target_net, self.policy_net, args.tau)
+        elif args.target_update_steps is not None and self.gradient_steps % args.target_update_steps == 0:
+            self.target_net.load_state_dict(self.policy_net.state_dict())
+        return result
+
+    def episode_done(self, i_episode: int) -> None:
+        """The lecture's target sync, every --target-update episodes."""
+        if i_episode % self.args.target_update == 0 and self.args.tau is None and self.args.target_update_steps is None:
+            self.target_net.load_state_dict(self.policy_net.state_dict())
+
+    def networks(self) -> dict[str, Any]:
+        return networks_state(self.policy_net, self.target_net, self.optimizer)
+
+    def load(self, checkpoint: dict[str, Any], path: Path) -> None:
+        load_state(self.policy_net, checkpoint, "policy_net_state_dict", path)
+        load_state(self.target_net, checkpoint, "target_net_state_dict", path)
+        load_state(self.optimizer, checkpoint, "optimizer_policy_net_state_dict", path)
+
+
+def make_agent(args: argparse.Namespace, observation: Observation, n_actions: int, device: torch.device,
+               seed: int) -> DQNAgent | PoseAgent:
+    """The learner --agent names, with this run's flags."""
+    if args.agent == "pose":
+        return PoseAgent(observation.size, observation.rgb, device, seed, args.lr, args.memory, args.batch_size,
+                         args.learning_starts)
+    return DQNAgent(args, observation, n_actions, device, seed)
+
+
 class Trainer:
     """The lecture's learner and its bookkeeping: networks, replay memory, and what happens as episodes end.
 
@@ -209,20 +305,11 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, observation: Observation, n_actions: int, device: torch.device,
                  seed: int, resumed: Optional[dict[str, Any]], state_path: Path) -> None:
         self.args = args
-        self.n_actions = n_actions
-        self.rng = random.Random(seed)
         self.clip_seed = worker_seed(seed, args.num_envs)  # not one of the training workers' seeds
         self.clip_pool: Optional[EnvPool] = None  # started for the first clip
         self.example_logged = False
         self.observation = observation
-        network = NETWORKS[args.network]
-        self.policy_net = network.for_observation(self.observation, n_actions, args.timestep_input).to(device)
-        self.target_net = network.for_observation(self.observation, n_actions, args.timestep_input).to(device)
-        self.target_net.load_state_dict(self.policy_net.state_dict())
-        self.target_net.eval()
-        self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
-        self.memory = ReplayMemory(args.memory, device, num_streams=args.num_envs, seed=seed,
-                                   frame_shape=self.observation.frame_shape)
+        self.agent = make_agent(args, observation, n_actions, device, seed)
 
         self.completed = 0
         self.total_rewards: list[float] = []
@@ -231,14 +318,16 @@ class Trainer:
         self.global_step = 0
         self.earlier_seconds = 0.0
         if resumed:
-            saved_config = checkpoint_config(resumed, state_path)
-            if saved_config != self.policy_net.config:
+            saved_agent = checkpoint_agent(resumed)
+            if saved_agent != args.agent:
+                raise UsageError(f"{state_path} was saved by a run with --agent {saved_agent}; resume it the same way")
+            saved_config = pose_config(resumed, state_path) if args.agent == "pose" else \
+                checkpoint_config(resumed, state_path)
+            if saved_config != self.agent.config:
                 raise UsageError(f"{state_path} was saved by a run with {config_flags(saved_config)}; "
                                  "resume it the same way")
-            load_state(self.policy_net, resumed, "policy_net_state_dict", state_path)
-            load_state(self.target_net, resumed, "target_net_state_dict", state_path)
-            load_state(self.optimizer, resumed, "optimizer_policy_net_state_dict", state_path)
-            for group in self.optimizer.param_groups:
+            self.agent.load(resumed, state_path)
+            for group in self.agent.optimizer.param_groups:
                 group["lr"] = args.lr
             self.completed = resumed["episode"]
             self.total_rewards = list(resumed["total_rewards"])
@@ -271,10 +360,11 @@ class Trainer:
         if saved is None:
             return "replay memory starts empty: the state holds none"
         try:
-            self.memory.load_state_dict(saved)
+            self.agent.memory.load_state_dict(saved)
         except (ValueError, KeyError, TypeError, RuntimeError) as error:
             return f"replay memory starts empty: {error}"
-        return f"replay memory restored: {len(self.memory)} transitions"
+        unit = "episodes" if self.args.agent == "pose" else "transitions"
+        return f"replay memory restored: {len(self.agent.memory)} {unit}"
 
     def log_example_screen(self, frame: np.ndarray) -> None:
         """The lecture's "Example extracted screen": the first frame the network sees in this run, logged once."""
@@ -291,7 +381,7 @@ class Trainer:
         if self.clip_pool is None:
             self.clip_pool = EnvPool(1, self.clip_seed, is_test=True, max_steps=self.args.max_steps,
                                      observation=self.observation)
-        recorder = record_greedy_episode(self.clip_pool, self.policy_net)
+        recorder = record_greedy_episode(self.clip_pool, self.agent.greedy_policy())
         self.writer.add_image("greedy_episode_test_objects", recorder.strip(), self.completed - 1, dataformats="HWC")
 
     @property
@@ -301,37 +391,30 @@ class Trainer:
     def epsilon(self) -> float:
         return epsilon_by_episode(self.completed, self.args.eps_start, self.args.eps_end, self.args.eps_decay_last_frame)
 
-    def act(self, states: np.ndarray, timesteps: list[int]) -> list[int]:
-        """Epsilon-greedy actions for a batch of states at these timesteps of their episodes, one forward pass."""
-        return select_actions(self.policy_net, states, self.epsilon(), self.n_actions, self.rng, timesteps)
+    def act(self, states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
+        """Epsilon-greedy actions for a batch of states of these environments at these timesteps of their
+        episodes, one forward pass."""
+        return self.agent.act(states, indices, timesteps, self.epsilon())
 
     def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
               stream: int = 0) -> None:
-        self.memory.push(state, action, next_state, reward, stream)
+        self.agent.store(state, action, next_state, reward, stream)
         self.transitions += 1
         self.global_step += 1
 
     def owed(self) -> int:
-        """Calls of optimize_model due for the transitions collected so far (--updates-per-step each)."""
+        """Learning steps due for the transitions collected so far (--updates-per-step each)."""
         return int(self.transitions * self.args.updates_per_step + 1e-9) - self.optimize_calls
 
     def learn(self) -> None:
-        """One call of the lecture's optimize_model; it does nothing until the memory holds a batch."""
-        args = self.args
+        """One learning step of the agent; it does nothing until its memory holds enough."""
         self.optimize_calls += 1
-        if len(self.memory) < args.learning_starts:
-            return
-        result = optimize_model(self.policy_net, self.target_net, self.optimizer, self.memory, args.batch_size,
-                                args.gamma, n_step=args.n_step, double_dqn=args.double_dqn, augment=args.augment)
+        result = self.agent.learn()
         if result is None:
             return
         self.gradient_steps += 1
         self.losses.append(result[0])
         self.q_values.append(result[1])
-        if args.tau is not None:
-            soft_update(self.target_net, self.policy_net, args.tau)
-        elif args.target_update_steps is not None and self.gradient_steps % args.target_update_steps == 0:
-            self.target_net.load_state_dict(self.policy_net.state_dict())
 
     def seconds(self) -> float:
         return timeit.default_timer() - self.start_time
@@ -370,8 +453,7 @@ class Trainer:
         if (i_episode + 1) % 10 == 0:
             writer.add_scalar("ten episodes average rewards", self.ten_rewards / 10.0, i_episode)
             self.ten_rewards = 0.0
-        if i_episode % args.target_update == 0 and args.tau is None and args.target_update_steps is None:
-            self.target_net.load_state_dict(self.policy_net.state_dict())
+        self.agent.episode_done(i_episode)
 
         self.progress.update(1)
         self.progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
@@ -379,7 +461,7 @@ class Trainer:
             self.solved = True
 
     def networks(self) -> dict[str, Any]:
-        return networks_state(self.policy_net, self.target_net, self.optimizer)
+        return self.agent.networks()
 
     def close(self) -> dict[str, Any]:
         """Stop the clip worker, flush the logs and return the resumable state."""
@@ -396,18 +478,21 @@ class Trainer:
             "global_step": self.global_step,
             "logdir": str(self.args.logdir),
             "elapsed_seconds": self.earlier_seconds + self.seconds(),
-            "replay_memory": self.memory.state_dict(),
+            "replay_memory": self.agent.memory.state_dict(),
         }
 
 
 def config_flags(config: dict[str, Any]) -> str:
     """A checkpoint's network configuration as the training flags that give it."""
+    if config.get("agent") == "pose":
+        return f"--agent pose --image-size {config['image_size']} {'--rgb' if config['rgb'] else '--no-rgb'}"
     return " ".join(("--timestep-input" if config["timestep_input"] else "--no-timestep-input",
                      f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb",
                      f"--network {config['network']}"))
 
 
-def record_greedy_episode(pool: EnvPool, policy_net: torch.nn.Module) -> EpisodeRecorder:
+def record_greedy_episode(pool: EnvPool, policy: Callable[[np.ndarray, list[int], list[int]], list[int]]
+                          ) -> EpisodeRecorder:
     """One greedy episode in worker 0 of `pool`, the scene recorded at 192x192 beside the network's frames."""
     recorder = EpisodeRecorder(size=192)
     pool.reset(0)
@@ -417,7 +502,7 @@ def record_greedy_episode(pool: EnvPool, policy_net: torch.nn.Module) -> Episode
     recorder.start(pool.scene(0, recorder.size), frame)
     step, done = 0, False
     while not done:
-        action = greedy_actions(policy_net, state[None], [step])[0]
+        action = policy(state[None], [0], [step])[0]
         pool.step(0, action)
         [(_, frame, reward, done)] = pool.results()
         step += 1
@@ -433,7 +518,7 @@ def run_lecture_loop(trainer: Trainer, env: Any) -> None:
         state = frames.reset(trainer.observation.preprocess(env.reset()))
         trainer.log_example_screen(state[-1])
         for t in range(1, trainer.args.max_steps + 1):
-            action = trainer.act(state[None], [t - 1])[0]
+            action = trainer.act(state[None], [0], [t - 1])[0]
             obs, reward, done, _ = env.step(action)
             next_state = None if done else frames.push(trainer.observation.preprocess(obs))
             trainer.store(state, action, next_state, reward)
@@ -480,7 +565,7 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
             else:
                 waiting.append(index)
         if waiting:
-            chosen = trainer.act(np.stack([states[i] for i in waiting]), [lengths[i] for i in waiting])
+            chosen = trainer.act(np.stack([states[i] for i in waiting]), waiting, [lengths[i] for i in waiting])
             for index, action in zip(waiting, chosen):
                 actions[index] = action
                 pool.step(index, action)

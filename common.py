@@ -48,7 +48,8 @@ ACTION_NAMES = ("stay", "x-", "x+", "y-", "y+", "turn-", "turn+")
 TIMESTEP_SCALE = 10.0
 """With --timestep-input the network gets t / TIMESTEP_SCALE: an episode lasts about 7 actions."""
 CHECKPOINT_KEYS = ("policy_net_state_dict", "target_net_state_dict", "optimizer_policy_net_state_dict")
-"""The lecture's checkpoint keys; checkpoints written here always carry them."""
+"""The lecture's checkpoint keys; DQN checkpoints written here always carry them, the pose agent's all but the
+target network's (it has none)."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """Ctrl-C and a polite `kill` (or a batch scheduler's time limit): training saves its state on either."""
 
@@ -174,6 +175,13 @@ def _silenced_output() -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def quiet_pybullet() -> Any:
+    """The pybullet module, imported without its build-time line on the terminal."""
+    with _silenced_output():
+        import pybullet
+    return pybullet
 
 
 @functools.cache
@@ -999,8 +1007,19 @@ LECTURE_CONFIG = {"timestep_input": False, "image_size": SCREEN_SIZE, "rgb": Fal
 """The lecture's network as a checkpoint's `config` records it; a key a checkpoint lacks takes its value here."""
 
 
+def checkpoint_agent(checkpoint: dict[str, Any]) -> str:
+    """Which agent wrote a checkpoint: its config's 'agent' ('pose'), or 'dqn' for the lecture's, which records none."""
+    config = checkpoint.get("config", {})
+    return str(config.get("agent", "dqn")) if isinstance(config, dict) else "dqn"
+
+
 def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The network configuration a checkpoint records, completed from the lecture's (older files record less)."""
+    """The network configuration a checkpoint records, completed from the lecture's (older files record less).
+
+    A checkpoint of another agent (pose_agent.py) is refused, naming it.
+    """
+    if (agent := checkpoint_agent(checkpoint)) != "dqn":
+        raise CheckpointError(f"{path}: a checkpoint of --agent {agent}, not of the lecture's DQN")
     saved = checkpoint.get("config", {})
     config = {**LECTURE_CONFIG, **saved} if isinstance(saved, dict) else None
     if (config is None or config.keys() != LECTURE_CONFIG.keys() or not isinstance(config["timestep_input"], bool)

@@ -7,7 +7,7 @@ The environment draws each scene (which objects, where, how turned) from `random
 global generator. Here every reset reseeds both with the scene's number, 0 to --scenes - 1 in turn,
 and then puts their state back, so training meets the same few scenes again and again while its own
 random draws (exploration, replay sampling) go on as before. Training runs in this process with one
-environment, which is where the reseeding reaches, with the fast preset and epsilon decaying over
+environment, which is where the reseeding reaches, with the fast-dqn preset and epsilon decaying over
 200 episodes; flags after -- are added after these and override them. Then its final policy plays every scene
 --eval-episodes times greedily, and the random policy as often, on the same scenes.
 
@@ -40,7 +40,7 @@ from common import OneLineArgumentParser, positive_int, report_errors, resume_pa
 from input_probe import write_rows  # noqa: E402
 from learning import saved_state, snapshot  # noqa: E402
 
-TRAIN_FLAGS = ("--preset", "fast", "--eps-decay-last-frame", "200")
+TRAIN_FLAGS = ("--preset", "fast-dqn", "--eps-decay-last-frame", "200")
 """Training flags before the user's: epsilon reaches 0.05 at episode 200, half way through the default budget."""
 SET_HERE = ("--num-envs", "--episodes", "--checkpoint", "--logdir", "--resume", "--render")
 """Training flags this script sets itself: one environment in this process, the budget, where the run lives."""

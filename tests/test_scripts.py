@@ -281,6 +281,9 @@ def test_resume_without_a_saved_state_says_so(workdir):
     ("train", ["--tau", "0.1", "--target-update-steps", "5"], "--target-update-steps"),
     ("train", ["--n-step", "0"], "--n-step"),
     ("train", ["--preset", "turbo"], "--preset"),
+    ("train", ["--agent", "pose", "--double-dqn"], "--double-dqn: applies to --agent dqn only"),
+    ("train", ["--preset", "fast", "--n-step", "3"], "--n-step: applies to --agent dqn only"),
+    ("train", ["--agent", "policy"], "--agent"),
     ("eval", ["--episodes", "-1"], "--episodes"),
     ("eval", ["--objects", "kitchen"], "--objects"),
     ("eval", ["--num-envs", "-2"], "--num-envs"),
@@ -334,15 +337,20 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_keeps_everything(workdir, num_envs,
     assert [step for step, _ in scalars["epsilon"]] == list(range(state["episode"])), "TensorBoard was flushed"
 
 
-def test_fast_preset_sets_its_defaults_and_command_line_flags_win():
+def test_presets_set_their_defaults_and_command_line_flags_win():
     from bullet_kuka_train import PRESETS, parse_args
 
-    lecture, fast = parse_args([]), parse_args(["--preset", "fast"])
-    for dest, value in PRESETS["fast"].items():
-        assert getattr(fast, dest) == value != getattr(lecture, dest), dest
-    assert (lecture.n_step, lecture.gamma, lecture.double_dqn, lecture.target_update_steps) == (1, 0.99, False, None)
-    assert parse_args(["--preset", "fast", "--n-step", "5", "--gamma", "0.99"]).n_step == 5
-    tau = parse_args(["--preset", "fast", "--tau", "0.01"])
+    lecture = parse_args([])
+    for name in ("fast", "fast-dqn"):
+        preset = parse_args(["--preset", name])
+        for dest, value in PRESETS[name].items():
+            assert getattr(preset, dest) == value != getattr(lecture, dest), (name, dest)
+    assert parse_args(["--preset", "fast"]).agent == "pose"
+    assert parse_args(["--preset", "fast", "--lr", "0.01"]).lr == 0.01
+    assert (lecture.agent, lecture.n_step, lecture.gamma, lecture.double_dqn, lecture.target_update_steps) == \
+        ("dqn", 1, 0.99, False, None)
+    assert parse_args(["--preset", "fast-dqn", "--n-step", "5", "--gamma", "0.99"]).n_step == 5
+    tau = parse_args(["--preset", "fast-dqn", "--tau", "0.01"])
     assert (tau.tau, tau.target_update_steps) == (0.01, None), "an explicit --tau replaces the preset's step sync"
-    ablation = parse_args(["--preset", "fast", "--no-double-dqn", "--no-augment"])
+    ablation = parse_args(["--preset", "fast-dqn", "--no-double-dqn", "--no-augment"])
     assert (ablation.double_dqn, ablation.augment, ablation.n_step) == (False, False, 3), "--no-X turns one option off"

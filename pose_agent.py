@@ -1,0 +1,397 @@
+"""The pose agent (`--agent pose`): a Q-network that knows where the gripper will end up.
+
+With the height hack every action lowers the gripper, and the grasp is tried once it is low
+enough, after GRASP_AFTER actions in most episodes. Its outcome is decided by the scene and by the
+pose the arm is commanded to at that moment: x, y and the gripper's angle. That pose follows from
+the actions exactly (pybullet_envs' kuka.py: fixed steps from a fixed start, x and y clamped), so
+the agent plans over the poses still reachable instead of learning the kinematics from pixels.
+
+`GraspNet` scores a final pose by the patch of the episode's first frame around the pose's
+projection into the camera image, at the objects' height, and by the pose's angle. The value of a
+move is the best score among the final poses reachable after it: the Monte Carlo return with
+gamma 1, since the only reward comes at the episode's end. Acting greedily heads for the best
+reachable pose. The agent learns from every finished episode: its first frame, its final
+commanded pose and its reward.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import CheckpointError, evaluating, load_state, quiet_pybullet, to_float
+
+GRASP_AFTER = 7
+"""Actions after which the descending gripper is low enough to grasp, in most episodes."""
+MOVES = ((0, 0, 0), (-60, 0, 0), (60, 0, 0), (0, -60, 0), (0, 60, 0), (0, 0, -1), (0, 0, 1))
+"""Each action's change of the commanded pose: x and y in millimetres (dv = 0.06 m), angle in ANGLE_STEPs."""
+START_POSE = (537, 0, 0)
+"""The commanded pose at reset: x, y in millimetres, angle in ANGLE_STEPs (kuka.py's endEffectorPos, Angle)."""
+X_LIMITS, Y_LIMITS = (500, 650), (-170, 220)
+"""kuka.py clamps the commanded x and y to these, in millimetres; the angle is not clamped."""
+ANGLE_STEP = 0.25
+"""Radians the gripper turns per turn action."""
+OBJECT_HEIGHT = -0.15
+"""z in metres of the objects resting in the tray, where a pose is projected into the camera image."""
+CAMERA = dict(look=(0.23, 0.2, 0.54), distance=1.0, yaw=245.0, pitch=-56.0, fov=20.0, near=0.01, far=10.0)
+"""KukaDiverseObjectEnv's camera (cameraRandom 0): the same view and projection at every reset."""
+PATCH_FRACTION = 3
+"""A pose's patch is a 1/PATCH_FRACTION of the frame's side wide: 32 pixels at 96x96."""
+POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True}
+"""The pose agent as a checkpoint's `config` records it, with the fast preset's frames."""
+
+Pose = tuple[int, int, int]
+"""A commanded pose: x and y in millimetres, the angle in ANGLE_STEPs."""
+
+
+def move(pose: Pose, action: int) -> Pose:
+    """The commanded pose after `action`, clamped as kuka.py clamps it."""
+    dx, dy, dturn = MOVES[action]
+    return (min(max(pose[0] + dx, X_LIMITS[0]), X_LIMITS[1]), min(max(pose[1] + dy, Y_LIMITS[0]), Y_LIMITS[1]),
+            pose[2] + dturn)
+
+
+def pose_array(poses: list[Pose]) -> np.ndarray:
+    """Poses as float32 rows (x m, y m, angle rad), the network's input."""
+    array = np.asarray(poses, dtype=np.float32).reshape(-1, 3)
+    return array * np.array([1e-3, 1e-3, ANGLE_STEP], dtype=np.float32)
+
+
+class PoseLattice:
+    """The commanded poses reachable from the start within `horizon` actions, and which final poses each move
+    keeps within reach.
+
+    `reach[k][i, j]` says whether pose j is reached from pose i by exactly k actions; "stay" is an action, so
+    "exactly" includes "at most". A move that leaves the lattice goes to the extra index `outside`.
+    """
+
+    def __init__(self, horizon: int = GRASP_AFTER) -> None:
+        self.horizon = horizon
+        self.poses: list[Pose] = [START_POSE]
+        self.index: dict[Pose, int] = {START_POSE: 0}
+        frontier = [START_POSE]
+        for _ in range(horizon):
+            reached = []
+            for pose in frontier:
+                for action in range(len(MOVES)):
+                    after = move(pose, action)
+                    if after not in self.index:
+                        self.index[after] = len(self.poses)
+                        self.poses.append(after)
+                        reached.append(after)
+            frontier = reached
+        self.outside = len(self.poses)
+        n = self.outside + 1
+        self.successors = np.full((n, len(MOVES)), self.outside, dtype=np.int64)
+        for i, pose in enumerate(self.poses):
+            for action in range(len(MOVES)):
+                self.successors[i, action] = self.index.get(move(pose, action), self.outside)
+        self.reach = [np.eye(n, dtype=bool)]
+        self.reach[0][self.outside, self.outside] = False
+        for _ in range(horizon):
+            self.reach.append(self.reach[-1][self.successors].any(axis=1))
+        self.finals = np.flatnonzero(self.reach[horizon][0])
+        """Indices of the poses `horizon` actions can end at from the start: the candidates the agent scores."""
+
+    def move_values(self, pose: Pose, actions_taken: int, scores: np.ndarray) -> Optional[np.ndarray]:
+        """For each action, the best of `scores` (one per lattice pose, the `outside` one last) over the final
+        poses still reachable after it; None once the horizon is passed or the pose is off the lattice."""
+        remaining = self.horizon - actions_taken - 1
+        if remaining < 0 or pose not in self.index:
+            return None
+        reachable = self.reach[remaining][self.successors[self.index[pose]]]  # (actions, poses)
+        return np.where(reachable, scores[None, :], -np.inf).max(axis=1)
+
+
+def camera_matrix() -> np.ndarray:
+    """The environment camera's projection times view matrix (4x4, row-major): world point to clip space."""
+    pybullet = quiet_pybullet()
+    view = pybullet.computeViewMatrixFromYawPitchRoll(CAMERA["look"], CAMERA["distance"], CAMERA["yaw"],
+                                                      CAMERA["pitch"], 0, 2)
+    projection = pybullet.computeProjectionMatrixFOV(CAMERA["fov"], 1.0, CAMERA["near"], CAMERA["far"])
+    return np.array(projection).reshape(4, 4).T @ np.array(view).reshape(4, 4).T
+
+
+def image_coordinates(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """World points (..., 3) -> where they appear in the camera image, (..., 2) in [-1, 1] as grid_sample takes
+    them (align_corners=False): -1 is the left or top edge of the image, +1 the right or bottom edge."""
+    clip = torch.cat((points, torch.ones_like(points[..., :1])), dim=-1) @ matrix.T
+    ndc = clip[..., :2] / clip[..., 3:]
+    return torch.stack((ndc[..., 0], -ndc[..., 1]), dim=-1)
+
+
+def pixel_of(points: np.ndarray, size: int) -> np.ndarray:
+    """World points (P, 3) -> (column, row) in a `size` x `size` camera image, pixel j covering [j, j + 1)."""
+    grid = image_coordinates(torch.as_tensor(points, dtype=torch.float64), torch.from_numpy(camera_matrix()))
+    return ((grid.numpy() + 1) / 2 * size)
+
+
+class GraspNet(nn.Module):
+    """Grasp success logits for final poses: a patch of the first frame around each pose's pixel, and its angle.
+
+    The patch (1/PATCH_FRACTION of the frame's side, sampled bilinearly, so sub-pixel poses are kept apart) goes
+    through three convolutions; the angle enters as (sin 2a, cos 2a), since the two-finger gripper is the same
+    turned by half a turn.
+    """
+
+    def __init__(self, image_size: int = 96, rgb: bool = True) -> None:
+        super().__init__()
+        self.image_size, self.rgb = image_size, rgb
+        self.patch = image_size // PATCH_FRACTION
+        self.register_buffer("camera", torch.from_numpy(camera_matrix()).float(), persistent=False)
+        offsets = (torch.arange(self.patch, dtype=torch.float32) - (self.patch - 1) / 2) * 2 / image_size
+        self.register_buffer("offsets", torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1),
+                             persistent=False)
+        self.conv1 = nn.Conv2d(3 if rgb else 1, 32, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
+        self.linear = nn.Linear(64 * (self.patch // 8) ** 2 + 2, 256)
+        self.head = nn.Linear(256, 1)
+
+    def patches(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Float frames (B, C, H, W) and one (x, y) each (B, 2) -> the patches around them (B, C, patch, patch)."""
+        points = torch.cat((positions, torch.full_like(positions[:, :1], OBJECT_HEIGHT)), dim=-1)
+        grid = image_coordinates(points, self.camera)[:, None, None, :] + self.offsets  # (B, patch, patch, 2)
+        return F.grid_sample(frames, grid, align_corners=False)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Float frames (B, C, H, W) in [0, 1] and poses (B, P, 3) as `pose_array` gives them -> logits (B, P).
+
+        The angle does not move the patch, so each distinct (frame, x, y) goes through the convolutions once:
+        the 512 final poses of an episode have 88 positions.
+        """
+        b, p = poses.shape[:2]
+        frame_of = torch.arange(b, device=poses.device).repeat_interleave(p).to(poses.dtype)
+        rows, inverse = torch.unique(torch.cat((frame_of[:, None], poses.reshape(-1, 3)[:, :2]), dim=1), dim=0,
+                                     return_inverse=True)
+        x = self.patches(frames[rows[:, 0].long()], rows[:, 1:])
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        angle = 2 * poses[..., 2].reshape(-1, 1)
+        x = torch.cat((x.flatten(start_dim=1)[inverse], torch.sin(angle), torch.cos(angle)), dim=1)
+        return self.head(F.relu(self.linear(x))).reshape(b, p)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """What a checkpoint records so that `GraspNet.from_config` rebuilds this network from the file alone."""
+        return {"agent": "pose", "image_size": self.image_size, "rgb": self.rgb}
+
+    @staticmethod
+    def from_config(config: dict[str, Any]) -> "GraspNet":
+        return GraspNet(config["image_size"], config["rgb"])
+
+
+def pose_config(checkpoint: dict[str, Any], path: Any) -> dict[str, Any]:
+    """The pose agent's configuration a checkpoint records; a DQN checkpoint or a malformed one is refused."""
+    saved = checkpoint.get("config", {})
+    agent = saved.get("agent", "dqn") if isinstance(saved, dict) else None
+    if agent != "pose":
+        raise CheckpointError(f"{path}: a checkpoint of the {agent or 'unknown'} agent, not of --agent pose")
+    if (saved.keys() != POSE_CONFIG.keys() or not isinstance(saved["rgb"], bool)
+            or type(saved["image_size"]) is not int or saved["image_size"] < 8 * PATCH_FRACTION):
+        raise CheckpointError(f"{path}: its 'config' is not a pose agent's configuration: {saved!r}")
+    return dict(saved)
+
+
+def newest_frames(states: np.ndarray) -> torch.Tensor:
+    """The newest frame of each uint8 state (B, stack, [C,] H, W) as float (B, C, H, W)."""
+    frames = torch.from_numpy(np.ascontiguousarray(states[:, -1]))
+    return to_float(frames if frames.dim() == 4 else frames.unsqueeze(1))
+
+
+class PosePolicy:
+    """Acting for the pose agent in a set of environments: each episode heads for a final pose.
+
+    Call it with a batch of states, the environments they come from and their timesteps (actions taken in the
+    episode so far), as the scripts call a policy. At timestep 0 it keeps the episode's first frame and scores
+    every candidate final pose on it; with probability `epsilon` the episode explores instead, heading for a
+    final pose drawn uniformly. Each action returned is assumed taken: the policy follows the commanded pose.
+    Past the horizon (the arm lagging behind its commands) each move is valued by the pose it leads to.
+    """
+
+    def __init__(self, net: GraspNet, lattice: PoseLattice, rng: Optional[random.Random] = None) -> None:
+        self.net, self.lattice, self.rng = net, lattice, rng or random.Random(0)
+        self.frames: dict[int, torch.Tensor] = {}
+        self.first_frames: dict[int, np.ndarray] = {}
+        """Each environment's first frame of its episode, uint8 as the memory keeps it."""
+        self.poses: dict[int, Pose] = {}
+        self.scores: dict[int, np.ndarray] = {}
+        self.exploring: dict[int, bool] = {}
+        self.planned_value: dict[int, float] = {}
+        """The predicted success of the final pose each episode chose at its start; NaN when it explores."""
+
+    def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
+        device = next(self.net.parameters()).device
+        starting = [i for i, t in enumerate(timesteps) if t == 0]
+        if starting:
+            frames = newest_frames(states[starting]).to(device)
+            explore = [self.rng.random() < epsilon for _ in starting]
+            greedy = [row for row, flag in enumerate(explore) if not flag]
+            candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals])).to(device)
+            values = np.empty((len(starting), len(self.lattice.finals)))
+            if greedy:
+                with evaluating(self.net):
+                    logits = self.net(frames[greedy], candidates.expand(len(greedy), -1, -1))
+                values[greedy] = torch.sigmoid(logits).cpu().numpy()
+            for row, position in enumerate(starting):
+                index = indices[position]
+                scores = np.full(self.lattice.outside + 1, -np.inf)
+                if explore[row]:
+                    scores[self.rng.choice(self.lattice.finals)] = 1.0
+                else:
+                    scores[self.lattice.finals] = values[row]
+                self.frames[index], self.poses[index], self.scores[index] = frames[row], START_POSE, scores
+                self.first_frames[index] = states[position, -1].copy()
+                self.exploring[index] = explore[row]
+                self.planned_value[index] = math.nan if explore[row] else float(values[row].max())
+        actions = []
+        for index, t in zip(indices, timesteps):
+            values = self.lattice.move_values(self.poses[index], t, self.scores[index])
+            if values is None:
+                values = self.past_horizon(index)
+            action = int(np.argmax(values))
+            self.poses[index] = move(self.poses[index], action)
+            actions.append(action)
+        return actions
+
+    def past_horizon(self, index: int) -> np.ndarray:
+        """Move values once the grasp is overdue: the score of the pose each move leads to (an exploring
+        episode stays at its target)."""
+        nexts = [move(self.poses[index], action) for action in range(len(MOVES))]
+        if self.exploring[index]:
+            return np.array([float(pose == self.poses[index]) for pose in nexts])
+        device = self.frames[index].device
+        with evaluating(self.net):
+            logits = self.net(self.frames[index][None], torch.from_numpy(pose_array(nexts)).to(device)[None])
+        return logits[0].cpu().numpy()
+
+
+class EpisodeMemory:
+    """The last `capacity` finished episodes as (first frame, final commanded pose, reward), sampled uniformly.
+
+    A frame is kept as uint8 on `device`; the buffer grows as episodes arrive, up to `capacity`.
+    """
+
+    def __init__(self, capacity: int, frame_shape: tuple[int, ...], device: torch.device | str = "cpu",
+                 seed: Optional[int] = None) -> None:
+        self.capacity, self.frame_shape, self.device = capacity, frame_shape, torch.device(device)
+        self.frames = torch.zeros((0, *frame_shape), dtype=torch.uint8, device=self.device)
+        self.poses = np.zeros((0, 3), dtype=np.float32)
+        self.rewards = np.zeros(0, dtype=np.float32)
+        self.pushed = 0
+        self.rng = np.random.default_rng(seed)
+
+    def push(self, frame: np.ndarray, pose: Pose, reward: float) -> None:
+        """Keep one finished episode, replacing the oldest once full."""
+        frame_tensor = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)[None]
+        row = pose_array([pose])
+        if len(self) < self.capacity:
+            self.frames = torch.cat((self.frames, frame_tensor))
+            self.poses = np.concatenate((self.poses, row))
+            self.rewards = np.append(self.rewards, np.float32(reward))
+        else:
+            slot = self.pushed % self.capacity
+            self.frames[slot], self.poses[slot], self.rewards[slot] = frame_tensor[0], row[0], reward
+        self.pushed += 1
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`batch_size` distinct episodes: float frames (B, C, H, W), poses (B, 1, 3) and rewards (B, 1)."""
+        rows = self.rng.choice(len(self), size=batch_size, replace=False)
+        frames = self.frames[torch.from_numpy(rows).to(self.device)]
+        frames = to_float(frames if frames.dim() == 4 else frames.unsqueeze(1))
+        return (frames, torch.from_numpy(self.poses[rows]).to(self.device)[:, None],
+                torch.from_numpy(self.rewards[rows]).to(self.device)[:, None])
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to go on sampling the same episodes: tensors and plain data only."""
+        return {"frames": self.frames.cpu(), "poses": torch.from_numpy(self.poses.copy()),
+                "rewards": torch.from_numpy(self.rewards.copy()), "pushed": self.pushed,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take over a `state_dict` saved by a memory of the same capacity and frames."""
+        if tuple(state["frames"].shape[1:]) != self.frame_shape or len(state["frames"]) > self.capacity:
+            raise ValueError(f"saved {len(state['frames'])} episodes of frames {tuple(state['frames'].shape[1:])}, "
+                             f"not up to {self.capacity} of {self.frame_shape}")
+        self.frames = state["frames"].to(self.device)
+        self.poses, self.rewards = state["poses"].numpy().copy(), state["rewards"].numpy().copy()
+        self.pushed = int(state["pushed"])
+        self.rng.bit_generator.state = state["rng"]
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes + self.poses.nbytes + self.rewards.nbytes
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def grasp_loss(net: GraspNet, optimizer: torch.optim.Optimizer, memory: EpisodeMemory,
+               batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step of binary cross-entropy between the predicted success of each sampled episode's final
+    pose and its reward (the Monte Carlo return, gamma 1). Returns (loss, mean predicted success), detached."""
+    frames, poses, rewards = memory.sample(batch_size)
+    net.train()
+    logits = net(frames, poses)
+    loss = F.binary_cross_entropy_with_logits(logits, rewards)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), torch.sigmoid(logits).detach().mean()
+
+
+class PoseAgent:
+    """The pose agent's learner: a GraspNet, Adam, the memory of finished episodes, and the policy that acts in
+    the training environments. It has the interface the training script drives the lecture's DQN through."""
+
+    def __init__(self, image_size: int, rgb: bool, device: torch.device, seed: int, lr: float, capacity: int,
+                 batch_size: int, learning_starts: int) -> None:
+        self.net = GraspNet(image_size, rgb).to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.memory = EpisodeMemory(capacity, (3, image_size, image_size) if rgb else (image_size, image_size),
+                                    device, seed)
+        self.lattice = PoseLattice()
+        self.policy = PosePolicy(self.net, self.lattice, random.Random(seed))
+        self.batch_size, self.learning_starts = batch_size, learning_starts
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.net.config
+
+    def act(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float) -> list[int]:
+        """Each episode heads for its best predicted final pose, or with probability `epsilon` a random one."""
+        return self.policy(states, indices, timesteps, epsilon)
+
+    def greedy_policy(self) -> PosePolicy:
+        """A greedy policy of its own (for clips), leaving the training environments' episodes alone."""
+        return PosePolicy(self.net, self.lattice)
+
+    def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
+              stream: int = 0) -> None:
+        """A finished episode (`next_state` None) becomes one sample: first frame, final commanded pose, reward."""
+        if next_state is None:
+            self.memory.push(self.policy.first_frames[stream], self.policy.poses[stream], reward)
+
+    def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """One gradient step, once the memory holds a batch and --learning-starts episodes."""
+        if len(self.memory) < max(self.batch_size, self.learning_starts):
+            return None
+        return grasp_loss(self.net, self.optimizer, self.memory, self.batch_size)
+
+    def episode_done(self, i_episode: int) -> None:
+        """Nothing to do: the pose agent has no target network."""
+
+    def networks(self) -> dict[str, Any]:
+        """The checkpoint content: the network under the lecture's policy key, its optimizer, and the config."""
+        return {"policy_net_state_dict": self.net.state_dict(),
+                "optimizer_policy_net_state_dict": self.optimizer.state_dict(), "config": self.config}
+
+    def load(self, checkpoint: dict[str, Any], path: Any) -> None:
+        load_state(self.net, checkpoint, "policy_net_state_dict", path)
+        load_state(self.optimizer, checkpoint, "optimizer_policy_net_state_dict", path)

@@ -1,0 +1,248 @@
+"""The pose agent: its kinematics and camera against the real arm, acting, its memory and learning, end to end."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from common import CheckpointError, checkpoint_config, load_checkpoint, make_env, quiet_pybullet, seed_everything
+from conftest import assert_one_line_error, read_events, run_script
+from pose_agent import (
+    ANGLE_STEP,
+    GRASP_AFTER,
+    OBJECT_HEIGHT,
+    START_POSE,
+    EpisodeMemory,
+    GraspNet,
+    PoseLattice,
+    PosePolicy,
+    camera_matrix,
+    grasp_loss,
+    move,
+    pixel_of,
+    pose_array,
+    pose_config,
+)
+
+CPU = torch.device("cpu")
+TINY = ("--max-steps", "3", "--batch-size", "2", "--learning-starts", "2", "--device", "cpu", "--image-size", "48",
+        "--clip-every", "0")
+
+
+def commanded_pose(env) -> tuple[int, int, int]:
+    """The real arm's commanded pose, in the lattice's units."""
+    x, y = env._kuka.endEffectorPos[:2]
+    return round(1000 * x), round(1000 * y), round(env._kuka.endEffectorAngle / ANGLE_STEP)
+
+
+@pytest.fixture(scope="module")
+def lattice() -> PoseLattice:
+    return PoseLattice()
+
+
+def test_the_reachable_poses_are_the_real_arms_clamps_included(lattice):
+    assert len(lattice.finals) == 512 and len(lattice.poses) == 512, "7 actions from the start reach 512 poses"
+    seed_everything(5)
+    env = make_env(is_test=False, max_steps=12)
+    try:
+        rng = random.Random(5)
+        # Pushed against every clamp, then random moves; the grasp ends an episode after 7 to 9 actions.
+        sequences = [[2, 2, 2, 3, 3, 3, 3, 3], [1, 1, 4, 4, 4, 4, 4, 6, 6], [rng.randrange(7) for _ in range(12)]]
+        ends = []
+        for actions in sequences:
+            env.reset()
+            assert commanded_pose(env) == START_POSE
+            pose = START_POSE
+            for taken, action in enumerate(actions, start=1):
+                _, _, done, _ = env.step(action)
+                pose = move(pose, action)
+                assert commanded_pose(env) == pose, (actions, taken)
+                if taken <= GRASP_AFTER:
+                    assert lattice.reach[taken][0, lattice.index[pose]], "a pose the lattice says is reachable"
+                if done:
+                    ends.append(taken)
+                    break
+        assert {(500, 0), (650, 0)} <= {pose[:2] for pose in lattice.poses}
+        assert move((650, 220, 0), 2) == (650, 220, 0) and move((500, -170, 3), 3) == (500, -170, 3)
+        assert all(GRASP_AFTER <= end <= 9 for end in ends), ends
+    finally:
+        env.close()
+
+
+def test_the_camera_is_the_environments_and_projects_onto_what_it_shows():
+    pybullet = quiet_pybullet()
+    seed_everything(2)
+    env = make_env(is_test=True, max_steps=20, camera_size=96)
+    try:
+        env.reset()
+        view = np.array(env._view_matrix).reshape(4, 4).T
+        projection = np.array(env._proj_matrix).reshape(4, 4).T
+        np.testing.assert_allclose(camera_matrix(), projection @ view, atol=1e-6)
+        for action in (2, 3, 3, 0, 0, 0):  # down towards the tray, not yet low enough to grasp
+            env.step(action)
+        segmentation = np.reshape(pybullet.getCameraImage(96, 96, env._view_matrix, env._proj_matrix)[4], (96, 96))
+        gripper = pybullet.getLinkState(env._kuka.kukaUid, env._kuka.kukaEndEffectorIndex)[0]
+        objects = [pybullet.getBasePositionAndOrientation(uid)[0] for uid in env._objectUids]
+        column, row = pixel_of(np.array([gripper, *objects]), 96).astype(int).T
+        assert segmentation[row[0], column[0]] == env._kuka.kukaUid, "the gripper's point is on the arm"
+        on_object = [segmentation[r, c] == uid for r, c, uid in zip(row[1:], column[1:], env._objectUids)]
+        assert sum(on_object) >= len(objects) - 1, "each object's centre lands on it (one may be hidden)"
+        assert all(abs(z - OBJECT_HEIGHT) < 0.05 for _, _, z in objects), "the objects rest at OBJECT_HEIGHT"
+    finally:
+        env.close()
+
+
+def test_a_poses_patch_is_centred_on_its_pixel():
+    net = GraspNet(96, rgb=False)
+    pose = (590, 120, 0)
+    column, row = pixel_of(np.array([[0.59, 0.12, OBJECT_HEIGHT]]), 96)[0]
+    frame = torch.zeros(1, 1, 96, 96)
+    frame[0, 0, int(row), int(column)] = 1.0
+    patch = net.patches(frame, torch.from_numpy(pose_array([pose])[:, :2]))[0, 0]
+    assert patch.shape == (32, 32)
+    peak = np.unravel_index(int(patch.argmax()), patch.shape)
+    assert abs(peak[0] - 15.5) <= 1.5 and abs(peak[1] - 15.5) <= 1.5, peak
+
+
+def test_greedy_acting_reaches_the_pose_it_chose(lattice):
+    torch.manual_seed(0)
+    net = GraspNet(48, rgb=True)
+    seed_everything(4)
+    env = make_env(is_test=True, max_steps=20, camera_size=48)
+    try:
+        policy = PosePolicy(net, lattice)
+        from common import FrameStack, Observation
+
+        observation, stack = Observation(48, rgb=True), FrameStack()
+        state = stack.reset(observation.preprocess(env.reset()))
+        actions: list[int] = []
+        for _ in range(GRASP_AFTER):
+            action = policy(state[None], [3], [len(actions)])[0]
+            actions.append(action)
+            state = stack.push(observation.preprocess(env.step(action)[0]))
+        scores = policy.scores[3]
+        chosen = lattice.poses[int(np.argmax(scores))]
+        assert commanded_pose(env) == chosen == policy.poses[3], actions
+        with torch.no_grad():
+            value = torch.sigmoid(net.eval()(policy.frames[3][None], torch.from_numpy(pose_array([chosen]))[None]))
+        assert float(value) == pytest.approx(policy.planned_value[3], abs=1e-5), "the value it planned with"
+        assert len(set(actions)) > 1 or chosen != START_POSE
+    finally:
+        env.close()
+
+
+def test_an_exploring_episode_reaches_a_random_final_pose_and_stays(lattice):
+    net = GraspNet(48, rgb=False)
+    policy = PosePolicy(net, lattice, random.Random(1))
+    states = np.zeros((2, 5, 48, 48), dtype=np.uint8)
+    targets = set()
+    for episode in range(20):
+        for t in range(GRASP_AFTER + 2):
+            policy(states, [0, 1], [t, t], epsilon=1.0)
+        for index in (0, 1):
+            assert policy.exploring[index]
+            assert policy.poses[index] == lattice.poses[int(np.argmax(policy.scores[index]))]
+            targets.add(policy.poses[index])
+    assert len(targets) > 30, "targets drawn across the final poses"
+
+
+def test_episode_memory_keeps_the_last_episodes_and_resumes(tmp_path):
+    memory = EpisodeMemory(3, (2, 4, 4), seed=0)
+    for i in range(5):
+        memory.push(np.full((2, 4, 4), i, dtype=np.uint8), (500 + i, 0, i), float(i % 2))
+    assert len(memory) == 3
+    kept = sorted(int(frame[0, 0, 0]) for frame in memory.frames)
+    assert kept == [2, 3, 4], "the oldest are replaced"
+    frames, poses, rewards = memory.sample(3)
+    assert frames.shape == (3, 2, 4, 4) and poses.shape == (3, 1, 3) and rewards.shape == (3, 1)
+    for frame, pose, reward in zip(frames, poses, rewards):
+        i = round(float(frame[0, 0, 0]) * 255)
+        assert pose[0].tolist() == pytest.approx([(500 + i) / 1000, 0.0, i * ANGLE_STEP])
+        assert float(reward) == i % 2
+    torch.save(memory.state_dict(), tmp_path / "memory.pt")
+    again = EpisodeMemory(3, (2, 4, 4), seed=1)
+    again.load_state_dict(torch.load(tmp_path / "memory.pt", weights_only=True))
+    assert torch.equal(again.frames, memory.frames) and again.pushed == 5
+    assert [tuple(r) for r in again.sample(2)[1][:, 0].tolist()] == [tuple(r) for r in memory.sample(2)[1][:, 0].tolist()]
+    with pytest.raises(ValueError, match="not up to 2"):
+        EpisodeMemory(2, (2, 4, 4)).load_state_dict(memory.state_dict())
+
+
+def test_the_grasp_network_learns_where_a_grasp_succeeds(lattice):
+    """A grasp succeeds where the frame has a bright square: after training the network ranks those poses first."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    memory = EpisodeMemory(400, (48, 48), seed=0)
+    finals = [lattice.poses[i] for i in lattice.finals]
+    pixels = pixel_of(np.c_[pose_array(finals)[:, :2], np.full(len(finals), OBJECT_HEIGHT)], 48).astype(int)
+    for _ in range(400):
+        target = rng.integers(len(finals))
+        frame = np.zeros((48, 48), dtype=np.uint8)
+        column, row = pixels[target]
+        frame[max(row - 1, 0):row + 2, max(column - 1, 0):column + 2] = 255
+        tried = target if rng.random() < 0.5 else rng.integers(len(finals))
+        memory.push(frame, finals[tried], float(np.abs(pixels[tried] - pixels[target]).max() <= 1))
+    net = GraspNet(48, rgb=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    first = float(grasp_loss(net, optimizer, memory, 64)[0])
+    for _ in range(300):
+        loss = float(grasp_loss(net, optimizer, memory, 64)[0])
+    assert loss < 0.5 * first, (first, loss)
+
+
+def test_each_agents_checkpoint_is_refused_by_the_others_code():
+    pose = {"policy_net_state_dict": {}, "config": GraspNet(48, True).config}
+    with pytest.raises(CheckpointError, match="a checkpoint of --agent pose, not of the lecture's DQN"):
+        checkpoint_config(pose, "p.pt")
+    with pytest.raises(CheckpointError, match="a checkpoint of the dqn agent, not of --agent pose"):
+        pose_config({"policy_net_state_dict": {}}, "d.pt")
+    assert pose_config(pose, "p.pt") == {"agent": "pose", "image_size": 48, "rgb": True}
+    for bad in ({"agent": "pose", "image_size": 20, "rgb": True}, {"agent": "pose", "rgb": True},
+                {"agent": "pose", "image_size": 48, "rgb": "yes"}):
+        with pytest.raises(CheckpointError, match="not a pose agent's configuration"):
+            pose_config({"config": bad}, "p.pt")
+
+
+@pytest.mark.parametrize("num_envs", [1, 2])
+def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs):
+    result = run_script("train", "--agent", "pose", "--rgb", "--episodes", "3", "--num-envs", str(num_envs),
+                        "--logdir", "runs/pose", *TINY, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
+    assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True}
+    assert "target_net_state_dict" not in state, "the pose agent has no target network"
+    assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3, 48, 48)
+
+    result = run_script("train", "--agent", "pose", "--rgb", "--episodes", "5", "--num-envs", str(num_envs),
+                        "--resume", *TINY, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "Resuming from policy_dqn.resume.pt at episode 3 (replay memory restored: 3 episodes)" in result.stdout
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("replay_memory",))
+    assert state["episode"] == 5 and len(state["replay_memory"]["rewards"]) == 5
+    scalars, _ = read_events(workdir / "runs" / "pose")
+    assert [step for step, _ in scalars["epsilon"]] == list(range(5)) and "loss" in scalars
+
+    gif = ("--gif", "pose.gif") if num_envs == 1 else ()
+    result = run_script("eval", "--checkpoint", "policy_dqn.resume.pt", "--episodes", "2", "--max-steps", "3",
+                        "--num-envs", str(num_envs), "--device", "cpu", *gif, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "Success rate: 0/2 = 0.0%" in result.stdout, "3 actions never reach the objects"
+    if gif:
+        assert (workdir / "pose.gif").stat().st_size > 0
+
+
+def test_a_resume_with_the_other_agent_is_refused_in_one_line(workdir):
+    result = run_script("train", "--episodes", "1", "--max-steps", "3", "--batch-size", "2", "--device", "cpu",
+                        "--clip-every", "0", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    result = run_script("train", "--agent", "pose", "--episodes", "2", "--resume", *TINY, cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.resume.pt was saved by a run with --agent dqn")
+    (workdir / "policy_dqn.resume.pt").rename(workdir / "dqn.resume.pt")
+    result = run_script("train", "--agent", "pose", "--episodes", "1", *TINY, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    result = run_script("train", "--episodes", "2", "--resume", "--max-steps", "3", "--device", "cpu", cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.resume.pt was saved by a run with --agent pose")
