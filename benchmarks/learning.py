@@ -44,9 +44,9 @@ SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
 
 
 RUN_SETTINGS = {"episodes": 3000, "eval_every": 250, "eval_episodes": 100, "eval_seed": 1000,
-                "eval_envs": os.cpu_count()}
+                "eval_envs": os.cpu_count(), "objects": "both"}
 """This script's flags that config.json keeps, with their defaults for a new configuration."""
-SCENE_SETTINGS = ("eval_episodes", "eval_seed", "eval_envs")
+SCENE_SETTINGS = ("eval_episodes", "eval_seed", "eval_envs", "objects")
 """The settings that choose the evaluation scenes (worker i plays every N-th): fixed for a configuration's life."""
 
 
@@ -103,7 +103,7 @@ def snapshot(folder: Path, episode: int) -> Path:
     if not path.exists():
         state = torch.load(resume_path(folder / "policy_dqn.pt"), map_location="cpu", weights_only=True)
         path.parent.mkdir(exist_ok=True)
-        save_checkpoint(path, {key: state[key] for key in (*CHECKPOINT_KEYS, "config")})
+        save_checkpoint(path, {key: state[key] for key in (*CHECKPOINT_KEYS, "config") if key in state})
     return path
 
 
@@ -152,13 +152,14 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
     """Greedy success against episodes and against training hours, one colour per configuration."""
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     random_rates: dict[str, list[float]] = {"test": [], "train": []}
+    scripted_rates: dict[str, list[float]] = {"test": [], "train": []}  # benchmarks/scripted_reference.py
     tab20 = matplotlib.colormaps["tab20"].colors
     colours = tab20[0::2] + tab20[1::2]  # 10 strong colours, then their light shades: 20 before one repeats
     for index, name in enumerate(names):
         rows = read_rows(results / name / "learning.csv")
         for r in rows:
-            if r["policy"] == "random":
-                random_rates[r["objects"]].append(float(r["rate"]))
+            if r["policy"] in ("random", "scripted"):
+                (random_rates if r["policy"] == "random" else scripted_rates)[r["objects"]].append(float(r["rate"]))
         for objects, style in (("test", "-o"), ("train", ":s")):
             points = [r for r in rows if r["policy"] == "greedy" and r["objects"] == objects]
             if not points:
@@ -176,6 +177,10 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
                 rates = random_rates[objects]
                 axis.axhline(100 * sum(rates) / len(rates), color="grey", linestyle=style,
                              label=f"random policy, {objects} objects")
+            if scripted_rates[objects]:
+                rates = scripted_rates[objects]
+                axis.axhline(100 * sum(rates) / len(rates), color="black", linestyle=style,
+                             label=f"scripted reference (simulator positions), {objects} objects")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("greedy success rate, % (95% CI)")
@@ -210,6 +215,9 @@ def main() -> int:
     parser.add_argument("--eval-envs", type=positive_int,
                         help="evaluation workers, which also choose the scenes (default: the configuration's, or "
                              "the number of cores)")
+    parser.add_argument("--objects", choices=("both", "test"), help="object sets each evaluation plays: test and "
+                        "training objects, or the test objects alone to save time (default: the configuration's, or "
+                        f"{RUN_SETTINGS['objects']})")
     parser.add_argument("--eval-device", choices=("auto", "cpu", "cuda"), default="auto", help="evaluation device")
     parser.add_argument("--minutes", type=float, default=9.0, help="stop after this long; call again to go on")
     args = parser.parse_args(own)
@@ -238,14 +246,15 @@ def main() -> int:
     status = 0
     try:
         done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(csv_path)}
-        for objects in ("test", "train"):
+        object_sets = ("test", "train") if args.objects == "both" else ("test",)
+        for objects in object_sets:
             if ("random", objects, 0) not in done:
                 append_row(csv_path, evaluate(resume_path(folder / "policy_dqn.pt"), "random", objects, args,
                                               deadline))
         while True:
             episode, seconds = saved_state(folder)
             if episode > 0 and (episode % args.eval_every == 0 or episode >= args.episodes):
-                for objects in ("test", "train"):
+                for objects in object_sets:
                     if ("greedy", objects, episode) not in done:
                         row = evaluate(snapshot(folder, episode), "greedy", objects, args, deadline, episode,
                                        seconds)
