@@ -1,8 +1,9 @@
-"""Train the lecture's DQN to grasp objects with a KUKA arm in pybullet, from 48x48 camera images.
+"""Train the lecture's DQN, or the pose agent, to grasp objects with a KUKA arm in pybullet from camera images.
 
     python bullet_kuka_train.py                 # the lecture's run, best model in policy_dqn.pt
     python bullet_kuka_train.py --num-envs 8    # the same algorithm, 8 environments in parallel
     python bullet_kuka_train.py --resume        # continue from policy_dqn.resume.pt
+    python bullet_kuka_train.py --preset fast --num-envs 2    # the pose agent (pose_agent.py)
 
 Saves the best policy (mean success over the last 100 episodes) to --checkpoint, keeps a
 resumable state next to it, and logs to TensorBoard under --logdir.

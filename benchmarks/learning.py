@@ -220,10 +220,16 @@ def main() -> int:
                         f"{RUN_SETTINGS['objects']})")
     parser.add_argument("--eval-device", choices=("auto", "cpu", "cuda"), default="auto", help="evaluation device")
     parser.add_argument("--minutes", type=float, default=9.0, help="stop after this long; call again to go on")
+    parser.add_argument("--plot-with", nargs="+", default=[], metavar="OTHER",
+                        help="also draw NAME/comparison.png: this configuration beside these others (for example "
+                             "scripted-reference, which benchmarks/scripted_reference.py writes)")
     args = parser.parse_args(own)
     if not re.fullmatch(r"[\w.-]+", args.name):
         parser.error(f"argument name: letters, digits, '.', '-' and '_' only, got {args.name!r}")
 
+    for other in args.plot_with:
+        if not (args.results / other / "learning.csv").exists():
+            parser.error(f"argument --plot-with: {args.results / other / 'learning.csv'} does not exist")
     deadline = timeit.default_timer() + 60 * args.minutes
     folder = args.results / args.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -284,6 +290,8 @@ def main() -> int:
     names = sorted(p.parent.name for p in args.results.glob("*/learning.csv"))
     plot(args.results, args.results / "learning.png", names)
     plot(args.results, folder / "learning.png", [args.name])
+    if args.plot_with:
+        plot(args.results, folder / "comparison.png", [args.name, *args.plot_with])
     return status
 
 

@@ -43,7 +43,7 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     folder = tmp_path / "tiny"
     assert json.loads((folder / "config.json").read_text()) == {
         "train_flags": list(TRAIN[1:]), "episodes": 3, "eval_every": 1, "eval_episodes": 2, "eval_seed": 1000,
-        "eval_envs": 1}
+        "eval_envs": 1, "objects": "both"}
     with open(folder / "learning.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     measured = sorted((r["policy"], r["objects"], int(r["episode"])) for r in rows)
@@ -67,6 +67,10 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
         with Image.open(png) as image:
             assert image.format == "PNG" and image.size[0] > 500
 
+    missing = learning(tmp_path, "--plot-with", "nothing")
+    assert missing.returncode == 2 and "nothing/learning.csv does not exist" in missing.stderr
+    compared = learning(tmp_path, "--plot-with", "tiny")
+    assert compared.returncode == 0 and (folder / "comparison.png").exists(), compared.stderr
     other = learning(tmp_path, "--episodes", "3", *TINY, "--", "--double-dqn")
     assert other.returncode != 0 and "holds training flags" in other.stderr
     scenes = learning(tmp_path, "--eval-envs", "2")
@@ -250,3 +254,30 @@ def test_scene_ceiling_benchmark_tries_every_scene_and_replays_its_successes(tmp
 
     assert_one_line_error(subprocess.run([*command, "--tries", "0"], capture_output=True, text=True, timeout=60),
                           "--tries", "must be a positive integer")
+
+
+def test_scripted_reference_heads_for_the_nearest_object_and_writes_its_row(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scripted_reference.py"), "--episodes", "2",
+                             "--num-envs", "1", "--seed", "3", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    with open(tmp_path / "learning.csv", newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert (row["policy"], row["objects"], row["episodes"]) == ("scripted", "test", "2")
+    assert f"Success rate: {row['successes']}/2 = " in result.stdout
+
+    import scripted_reference
+    from pose_agent import PoseLattice, X_LIMITS, Y_LIMITS
+
+    class Pool:  # the simulator's answer for one scene: an object out of reach and one within it
+        def positions(self, index):
+            return np.array([0.537, 0.0]), np.array([[0.40, 0.30], [0.60, -0.10]])
+
+    lattice = PoseLattice()
+    policy = scripted_reference.NearestObject(Pool(), lattice)
+    target = lattice.poses[policy.target(0)]
+    assert target[2] == 0 and abs(target[0] - 600) <= 40 and abs(target[1] + 100) <= 40, target
+    actions = [policy(np.zeros((1, 5, 40, 40)), [0], [t])[0] for t in range(9)]
+    assert policy.poses[0] == target and actions[-2:] == [0, 0], "it reaches the pose, then stays"
+    assert X_LIMITS[0] <= target[0] <= X_LIMITS[1] and Y_LIMITS[0] <= target[1] <= Y_LIMITS[1]
