@@ -277,7 +277,8 @@ def main() -> int:
                        *train_flags, "--episodes", str(target)]
             if resume_path(folder / "policy_dqn.pt").exists():
                 command.append("--resume")
-            run(command, deadline, interrupt=True)
+            if run(command, deadline, interrupt=True).returncode == 130:  # the training was Ctrl-C'd on its own
+                raise KeyboardInterrupt
             if saved_state(folder)[0] < target:
                 print(f"{args.name}: training ended at episode {saved_state(folder)[0]}, before {target}: "
                       "its solve condition was met")
