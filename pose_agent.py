@@ -324,10 +324,6 @@ class EpisodeMemory:
         self.pushed = int(state["pushed"])
         self.rng.bit_generator.state = state["rng"]
 
-    @property
-    def nbytes(self) -> int:
-        return self.frames.nbytes + self.poses.nbytes + self.rewards.nbytes
-
     def __len__(self) -> int:
         return len(self.rewards)
 

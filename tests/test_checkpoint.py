@@ -127,7 +127,8 @@ def test_a_state_dict_of_another_shape_is_refused(tmp_path):
 def test_eval_script_refuses_bad_checkpoints_in_one_line(workdir, case):
     path = workdir / "policy_dqn.pt"
     marker = workdir / "code_ran"
-    expected = {"missing": "no such checkpoint", "corrupt": "corrupt", "code": "refused to load",
+    expected = {"missing": "no such checkpoint file; train one (python bullet_kuka_train.py --preset fast) or pass "
+                           "--checkpoint pretrained/policy_dqn.pt", "corrupt": "corrupt", "code": "refused to load",
                 "missing key": "missing key 'policy_net_state_dict'", "wrong shape": "does not fit"}[case]
     write_bad_checkpoint(path, case, marker)
     result = run_script("eval", "--episodes", "1", cwd=workdir)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common import CheckpointError, checkpoint_config, load_checkpoint, make_env, quiet_pybullet, seed_everything
-from conftest import assert_one_line_error, read_events, run_script
+from conftest import ROOT, assert_one_line_error, read_events, run_script
 from pose_agent import (
     ANGLE_STEP,
     GRASP_AFTER,
@@ -246,3 +246,12 @@ def test_a_resume_with_the_other_agent_is_refused_in_one_line(workdir):
     assert result.returncode == 0, result.stderr
     result = run_script("train", "--episodes", "2", "--resume", "--max-steps", "3", "--device", "cpu", cwd=workdir)
     assert_one_line_error(result, "policy_dqn.resume.pt was saved by a run with --agent pose")
+
+
+def test_the_shipped_policy_is_a_pose_agent_the_eval_script_rebuilds(workdir):
+    checkpoint = ROOT / "pretrained" / "policy_dqn.pt"
+    state = load_checkpoint(checkpoint, CPU, ("policy_net_state_dict",))
+    assert pose_config(state, checkpoint) == {"agent": "pose", "image_size": 96, "rgb": True}
+    result = run_script("eval", "--checkpoint", str(checkpoint), "--episodes", "1", "--device", "cpu", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and "greedy policy on test objects" in result.stdout
