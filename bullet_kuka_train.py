@@ -296,7 +296,7 @@ def make_agent(args: argparse.Namespace, observation: Observation, n_actions: in
 
 
 class Trainer:
-    """The lecture's learner and its bookkeeping: networks, replay memory, and what happens as episodes end.
+    """The lecture's bookkeeping around a learner (--agent): what happens as episodes end, whichever agent learns.
 
     Both loops below drive it, so an episode means the same whatever the number of environments:
     epsilon follows the finished-episode count, and each finished episode is logged, may save the
