@@ -79,7 +79,7 @@ RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict",
 PRESETS: dict[str, dict[str, Any]] = {
     "lecture": {},
     "fast": dict(agent="pose", image_size=96, rgb=True, lr=1e-3, eps_start=1.0, eps_decay_last_frame=1000,
-                 memory=10000, learning_starts=100, updates_per_step=0.25),
+                 learning_starts=100, updates_per_step=0.25),
     "fast-dqn": dict(double_dqn=True, n_step=3, gamma=0.9, target_update_steps=500, augment=True, eps_start=1.0,
                  eps_end=0.05, eps_decay_last_frame=500, memory=30000, learning_starts=1000, updates_per_step=4.0),
 }
