@@ -79,7 +79,7 @@ RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict",
 PRESETS: dict[str, dict[str, Any]] = {
     "lecture": {},
     "fast": dict(agent="pose", image_size=96, rgb=True, lr=1e-3, eps_start=1.0, eps_decay_last_frame=1000,
-                 learning_starts=100, updates_per_step=0.25),
+                 learning_starts=100, refit_every=200),
     "fast-dqn": dict(double_dqn=True, n_step=3, gamma=0.9, target_update_steps=500, augment=True, eps_start=1.0,
                  eps_end=0.05, eps_decay_last_frame=500, memory=30000, learning_starts=1000, updates_per_step=4.0),
 }
@@ -89,6 +89,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 DQN_ONLY = ("gamma", "target_update", "target_update_steps", "tau", "double_dqn", "n_step", "augment",
             "timestep_input", "network")
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
+POSE_ONLY = ("refit_every", "refit_epochs")
+"""Flags of the pose agent, refused with --agent dqn."""
 
 
 def preset_flags(name: str) -> str:
@@ -163,6 +165,12 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                         help="environments, each in its own worker process; 1 runs the lecture's loop in this process")
     parser.add_argument("--updates-per-step", type=positive_float, default=1.0,
                         help="gradient steps per collected transition (lecture: 1)")
+    parser.add_argument("--refit-every", type=non_negative_int, default=0,
+                        help="--agent pose: after every this many episodes, retrain the grasp network from fresh "
+                             "weights on the whole memory instead of learning online; 0: online, --updates-per-step "
+                             "gradient steps per transition")
+    parser.add_argument("--refit-epochs", type=positive_int, default=10,
+                        help="--agent pose with --refit-every: passes over the memory in each refit")
     parser.add_argument("--seed", type=seed_int, default=1, help="seed of the environments, the agent and torch")
     parser.add_argument("--checkpoint", type=Path, default=Path("policy_dqn.pt"),
                         help="best model file; the resumable state goes beside it as NAME.resume.pt")
@@ -178,13 +186,17 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="continue from the resumable state beside --checkpoint instead of starting over")
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
-    lecture = {dest: parser.get_default(dest) for dest in DQN_ONLY}
+    lecture = {dest: parser.get_default(dest) for dest in (*DQN_ONLY, *POSE_ONLY, "updates_per_step")}
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
-    if args.agent == "pose":
-        for dest in DQN_ONLY:
-            if getattr(args, dest) != lecture[dest]:
-                parser.error(f"argument --{dest.replace('_', '-')}: applies to --agent dqn only")
+    for dest in DQN_ONLY if args.agent == "pose" else POSE_ONLY:
+        if getattr(args, dest) != lecture[dest]:
+            parser.error(f"argument --{dest.replace('_', '-')}: applies to --agent "
+                         f"{'dqn' if args.agent == 'pose' else 'pose'} only")
+    if args.refit_every and args.updates_per_step != lecture["updates_per_step"]:
+        parser.error("argument --updates-per-step: applies to online learning; --refit-every retrains instead")
+    if not args.refit_every and args.refit_epochs != lecture["refit_epochs"]:
+        parser.error("argument --refit-epochs: applies with --refit-every only")
     if args.tau is not None:  # the two are exclusive on the command line; a preset's step sync yields to --tau
         args.target_update_steps = None
     if args.render and args.num_envs > 1:
@@ -273,7 +285,7 @@ class DQNAgent:
         return result
 
     def episode_done(self, i_episode: int) -> None:
-        """The lecture's target sync, every --target-update episodes."""
+        """The lecture's target sync, every --target-update episodes; it learns nothing itself."""
         if i_episode % self.args.target_update == 0 and self.args.tau is None and self.args.target_update_steps is None:
             self.target_net.load_state_dict(self.policy_net.state_dict())
 
@@ -291,7 +303,7 @@ def make_agent(args: argparse.Namespace, observation: Observation, n_actions: in
     """The learner --agent names, with this run's flags."""
     if args.agent == "pose":
         return PoseAgent(observation.size, observation.rgb, device, seed, args.lr, args.memory, args.batch_size,
-                         args.learning_starts)
+                         args.learning_starts, args.refit_every, args.refit_epochs)
     return DQNAgent(args, observation, n_actions, device, seed)
 
 
@@ -344,7 +356,6 @@ class Trainer:
         # This run's counts, for throughput and for the gradient steps owed to the learner.
         self.transitions = 0
         self.optimize_calls = 0
-        self.gradient_steps = 0
         self.losses: list[torch.Tensor] = []
         self.q_values: list[torch.Tensor] = []
 
@@ -410,12 +421,13 @@ class Trainer:
     def learn(self) -> None:
         """One learning step of the agent; it does nothing until its memory holds enough."""
         self.optimize_calls += 1
-        result = self.agent.learn()
-        if result is None:
-            return
-        self.gradient_steps += 1
-        self.losses.append(result[0])
-        self.q_values.append(result[1])
+        self.record(self.agent.learn())
+
+    def record(self, result: Optional[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """A learning step's (loss, mean Q), logged with the next finished episode."""
+        if result is not None:
+            self.losses.append(result[0])
+            self.q_values.append(result[1])
 
     def seconds(self) -> float:
         return timeit.default_timer() - self.start_time
@@ -454,7 +466,7 @@ class Trainer:
         if (i_episode + 1) % 10 == 0:
             writer.add_scalar("ten episodes average rewards", self.ten_rewards / 10.0, i_episode)
             self.ten_rewards = 0.0
-        self.agent.episode_done(i_episode)
+        self.record(self.agent.episode_done(i_episode))
 
         self.progress.update(1)
         self.progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
@@ -650,7 +662,7 @@ def train(args: argparse.Namespace) -> int:
               f"the last policy is in {state_path}")
     print("Elapsed time: {}".format(timedelta(seconds=resumable["elapsed_seconds"])))
     print(f"Throughput: {(completed - trainer.start_episode) / seconds:.3f} episodes/s, "
-          f"{trainer.transitions / seconds:.2f} env steps/s, {trainer.gradient_steps / seconds:.2f} gradient steps/s "
+          f"{trainer.transitions / seconds:.2f} env steps/s, {trainer.agent.gradient_steps / seconds:.2f} gradient steps/s "
           f"with {args.num_envs} environment{'s' if args.num_envs > 1 else ''}")
     if failure is not None:
         print(f"error: {failure}; the run's state is saved in {state_path}: continue with --resume", file=sys.stderr)

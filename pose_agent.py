@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -302,7 +302,16 @@ class EpisodeMemory:
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`batch_size` distinct episodes: float frames (B, C, H, W), poses (B, 1, 3) and rewards (B, 1)."""
-        rows = self.rng.choice(len(self), size=batch_size, replace=False)
+        return self.rows(self.rng.choice(len(self), size=batch_size, replace=False))
+
+    def epoch(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Every episode once, in a random order, as batches of `batch_size` (the last one may be smaller)."""
+        order = self.rng.permutation(len(self))
+        for start in range(0, len(order), batch_size):
+            yield self.rows(order[start:start + batch_size])
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """These episodes as `sample` gives them."""
         frames = self.frames[torch.from_numpy(rows).to(self.device)]
         frames = to_float(frames if frames.dim() == 4 else frames.unsqueeze(1))
         return (frames, torch.from_numpy(self.poses[rows]).to(self.device)[:, None],
@@ -328,11 +337,10 @@ class EpisodeMemory:
         return len(self.rewards)
 
 
-def grasp_loss(net: GraspNet, optimizer: torch.optim.Optimizer, memory: EpisodeMemory,
-               batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One gradient step of binary cross-entropy between the predicted success of each sampled episode's final
-    pose and its reward (the Monte Carlo return, gamma 1). Returns (loss, mean predicted success), detached."""
-    frames, poses, rewards = memory.sample(batch_size)
+def grasp_loss(net: GraspNet, optimizer: torch.optim.Optimizer, frames: torch.Tensor, poses: torch.Tensor,
+               rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gradient step of binary cross-entropy between the predicted success of each episode's final pose and
+    its reward (the Monte Carlo return, gamma 1). Returns (loss, mean predicted success), detached."""
     net.train()
     logits = net(frames, poses)
     loss = F.binary_cross_entropy_with_logits(logits, rewards)
@@ -344,10 +352,16 @@ def grasp_loss(net: GraspNet, optimizer: torch.optim.Optimizer, memory: EpisodeM
 
 class PoseAgent:
     """The pose agent's learner: a GraspNet, Adam, the memory of finished episodes, and the policy that acts in
-    the training environments. It has the interface the training script drives the lecture's DQN through."""
+    the training environments. It has the interface the training script drives the lecture's DQN through.
+
+    It learns in one of two ways. Online (`refit_every` 0): a gradient step on a sampled batch whenever the
+    script calls `learn`. By refits (`refit_every` N): after every N-th finished episode the network starts again
+    from fresh weights and makes `refit_epochs` passes over the whole memory, so that every episode is seen as
+    often as every other and no more; between refits the policy stays as it is.
+    """
 
     def __init__(self, image_size: int, rgb: bool, device: torch.device, seed: int, lr: float, capacity: int,
-                 batch_size: int, learning_starts: int) -> None:
+                 batch_size: int, learning_starts: int, refit_every: int = 0, refit_epochs: int = 0) -> None:
         self.net = GraspNet(image_size, rgb).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.memory = EpisodeMemory(capacity, (3, image_size, image_size) if rgb else (image_size, image_size),
@@ -355,6 +369,9 @@ class PoseAgent:
         self.lattice = PoseLattice()
         self.policy = PosePolicy(self.net, self.lattice, random.Random(seed))
         self.batch_size, self.learning_starts = batch_size, learning_starts
+        self.refit_every, self.refit_epochs = refit_every, refit_epochs
+        self.gradient_steps = 0
+        """Gradient steps taken by this process, online or in refits."""
 
     @property
     def config(self) -> dict[str, Any]:
@@ -375,13 +392,30 @@ class PoseAgent:
             self.memory.push(self.policy.first_frames[stream], self.policy.poses[stream], reward)
 
     def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """One gradient step, once the memory holds a batch and --learning-starts episodes."""
-        if len(self.memory) < max(self.batch_size, self.learning_starts):
+        """Online: one gradient step, once the memory holds a batch and --learning-starts episodes."""
+        if self.refit_every or len(self.memory) < max(self.batch_size, self.learning_starts):
             return None
-        return grasp_loss(self.net, self.optimizer, self.memory, self.batch_size)
+        self.gradient_steps += 1
+        return grasp_loss(self.net, self.optimizer, *self.memory.sample(self.batch_size))
 
-    def episode_done(self, i_episode: int) -> None:
-        """Nothing to do: the pose agent has no target network."""
+    def episode_done(self, i_episode: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """By refits: after every `refit_every`-th episode (once --learning-starts are in memory), refit and return
+        the last pass's mean loss and mean predicted success."""
+        if not self.refit_every or (i_episode + 1) % self.refit_every or len(self.memory) < self.learning_starts:
+            return None
+        return self.refit()
+
+    def refit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fresh weights and optimizer state, then `refit_epochs` passes over the memory in random order."""
+        for module in self.net.modules():
+            if module is not self.net and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.optimizer.state.clear()
+        for _ in range(self.refit_epochs):
+            results = [grasp_loss(self.net, self.optimizer, *batch) for batch in self.memory.epoch(self.batch_size)]
+            self.gradient_steps += len(results)
+        losses, predictions = zip(*results)
+        return torch.stack(losses).mean(), torch.stack(predictions).mean()
 
     def networks(self) -> dict[str, Any]:
         """The checkpoint content: the network under the lecture's policy key, its optimizer, and the config."""

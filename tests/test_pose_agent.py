@@ -16,6 +16,7 @@ from pose_agent import (
     START_POSE,
     EpisodeMemory,
     GraspNet,
+    PoseAgent,
     PoseLattice,
     PosePolicy,
     camera_matrix,
@@ -170,26 +171,57 @@ def test_episode_memory_keeps_the_last_episodes_and_resumes(tmp_path):
         EpisodeMemory(2, (2, 4, 4)).load_state_dict(memory.state_dict())
 
 
-def test_the_grasp_network_learns_where_a_grasp_succeeds(lattice):
-    """A grasp succeeds where the frame has a bright square: after training the network ranks those poses first."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    memory = EpisodeMemory(400, (48, 48), seed=0)
+def push_bright_square_episodes(memory: EpisodeMemory, lattice: PoseLattice, episodes: int, seed: int) -> None:
+    """Synthetic episodes: a grasp succeeds where the frame has a bright square, and half the tries aim there."""
+    rng = np.random.default_rng(seed)
     finals = [lattice.poses[i] for i in lattice.finals]
     pixels = pixel_of(np.c_[pose_array(finals)[:, :2], np.full(len(finals), OBJECT_HEIGHT)], 48).astype(int)
-    for _ in range(400):
+    for _ in range(episodes):
         target = rng.integers(len(finals))
         frame = np.zeros((48, 48), dtype=np.uint8)
         column, row = pixels[target]
         frame[max(row - 1, 0):row + 2, max(column - 1, 0):column + 2] = 255
         tried = target if rng.random() < 0.5 else rng.integers(len(finals))
         memory.push(frame, finals[tried], float(np.abs(pixels[tried] - pixels[target]).max() <= 1))
+
+
+def test_the_grasp_network_learns_where_a_grasp_succeeds(lattice):
+    """A grasp succeeds where the frame has a bright square: after training the network ranks those poses first."""
+    torch.manual_seed(0)
+    memory = EpisodeMemory(400, (48, 48), seed=0)
+    push_bright_square_episodes(memory, lattice, 400, seed=0)
     net = GraspNet(48, rgb=False)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    first = float(grasp_loss(net, optimizer, memory, 64)[0])
+    first = float(grasp_loss(net, optimizer, *memory.sample(64))[0])
     for _ in range(300):
-        loss = float(grasp_loss(net, optimizer, memory, 64)[0])
+        loss = float(grasp_loss(net, optimizer, *memory.sample(64))[0])
     assert loss < 0.5 * first, (first, loss)
+
+
+def test_a_refit_starts_from_fresh_weights_passes_over_every_episode_and_learns():
+    """With refit_every 100, the 100th episode's end retrains the network from scratch on the whole memory; the
+    episodes before it leave the network alone."""
+    agents = []
+    for online_steps in (0, 20):
+        torch.manual_seed(0)
+        agent = PoseAgent(48, False, CPU, seed=1, lr=1e-3, capacity=200, batch_size=32, learning_starts=50,
+                          refit_every=100, refit_epochs=8)
+        push_bright_square_episodes(agent.memory, agent.lattice, 100, seed=2)
+        for _ in range(online_steps):  # weights and optimizer moments that the refit must forget
+            grasp_loss(agent.net, agent.optimizer, *agent.memory.sample(32))
+        before = [p.detach().clone() for p in agent.net.parameters()]
+        assert agent.learn() is None, "no online steps between refits"
+        assert all(agent.episode_done(i) is None for i in range(99)), "only every 100th episode refits"
+        assert all(torch.equal(a, b) for a, b in zip(before, agent.net.parameters()))
+        torch.manual_seed(3)
+        agent.memory.rng = np.random.default_rng(4)
+        loss, _ = agent.episode_done(99)
+        assert agent.gradient_steps == 8 * 4, "8 passes over 100 episodes in batches of 32"
+        agents.append((agent, float(loss)))
+    (fresh, fresh_loss), (trained, trained_loss) = agents
+    for a, b in zip(fresh.net.parameters(), trained.net.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), "the weights before a refit make no difference to its result"
+    assert fresh_loss == pytest.approx(trained_loss, abs=1e-5) and fresh_loss < 0.45, fresh_loss
 
 
 def test_each_agents_checkpoint_is_refused_by_the_others_code():
@@ -205,10 +237,11 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
             pose_config({"config": bad}, "p.pt")
 
 
-@pytest.mark.parametrize("num_envs", [1, 2])
-def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs):
+@pytest.mark.parametrize("num_envs,learning", [(1, ()), (2, ("--refit-every", "2", "--refit-epochs", "2"))],
+                         ids=["1-online", "2-refits"])
+def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
     result = run_script("train", "--agent", "pose", "--rgb", "--episodes", "3", "--num-envs", str(num_envs),
-                        "--logdir", "runs/pose", *TINY, cwd=workdir)
+                        "--logdir", "runs/pose", *TINY, *learning, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
@@ -217,13 +250,17 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3, 48, 48)
 
     result = run_script("train", "--agent", "pose", "--rgb", "--episodes", "5", "--num-envs", str(num_envs),
-                        "--resume", *TINY, cwd=workdir)
+                        "--resume", *TINY, *learning, cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert "Resuming from policy_dqn.resume.pt at episode 3 (replay memory restored: 3 episodes)" in result.stdout
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("replay_memory",))
     assert state["episode"] == 5 and len(state["replay_memory"]["rewards"]) == 5
     scalars, _ = read_events(workdir / "runs" / "pose")
-    assert [step for step, _ in scalars["epsilon"]] == list(range(5)) and "loss" in scalars
+    assert [step for step, _ in scalars["epsilon"]] == list(range(5))
+    if learning:  # refits after episodes 1 and 3, logged with the next episode's scalars
+        assert [step for step, _ in scalars["loss"]] == [2, 4]
+    else:
+        assert "loss" in scalars
 
     gif = ("--gif", "pose.gif") if num_envs == 1 else ()
     result = run_script("eval", "--checkpoint", "policy_dqn.resume.pt", "--episodes", "2", "--max-steps", "3",
