@@ -424,7 +424,7 @@ class Trainer:
         self.record(self.agent.learn())
 
     def record(self, result: Optional[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """A learning step's (loss, mean Q), logged with the next finished episode."""
+        """A learning step's (loss, mean Q), logged when the episode in progress ends."""
         if result is not None:
             self.losses.append(result[0])
             self.q_values.append(result[1])
@@ -451,10 +451,6 @@ class Trainer:
         writer.add_scalar("success_rate_last_100", mean_reward, i_episode)
         writer.add_scalar("episode_length", length, i_episode)
         writer.add_scalar("steps_per_second", steps_per_second, i_episode)
-        if self.losses:
-            writer.add_scalar("loss", torch.stack(self.losses).mean().item(), i_episode)
-            writer.add_scalar("mean_q", torch.stack(self.q_values).mean().item(), i_episode)
-            self.losses, self.q_values = [], []
 
         if (self.best_mean_reward is None or self.best_mean_reward < mean_reward) \
                 and i_episode > BEST_MODEL_AFTER_EPISODE:
@@ -466,7 +462,11 @@ class Trainer:
         if (i_episode + 1) % 10 == 0:
             writer.add_scalar("ten episodes average rewards", self.ten_rewards / 10.0, i_episode)
             self.ten_rewards = 0.0
-        self.record(self.agent.episode_done(i_episode))
+        self.record(self.agent.episode_done(i_episode))  # a refit's loss is logged with the episode it follows
+        if self.losses:
+            writer.add_scalar("loss", torch.stack(self.losses).mean().item(), i_episode)
+            writer.add_scalar("mean_q", torch.stack(self.q_values).mean().item(), i_episode)
+            self.losses, self.q_values = [], []
 
         self.progress.update(1)
         self.progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
