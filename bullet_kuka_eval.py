@@ -28,8 +28,6 @@ from common import (
     OneLineArgumentParser,
     UsageError,
     check_writable_folder,
-    checkpoint_agent,
-    checkpoint_config,
     display_problem,
     greedy_actions,
     load_checkpoint,
@@ -45,7 +43,7 @@ from common import (
     seed_int,
     success_rate,
 )
-from pose_agent import GraspNet, PoseLattice, PosePolicy, pose_config
+from pose_agent import GraspNet, PoseLattice, PosePolicy, agent_config
 
 PRETRAINED = "pretrained/policy_dqn.pt"
 """The shipped policy, trained with --preset fast (see the README)."""
@@ -74,7 +72,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="checkpoint holding 'policy_net_state_dict' (ignored with --policy random)")
     parser.add_argument("--gif", type=Path, default=None,
                         help="record the episodes into this animated GIF: a 256x256 view of the scene beside "
-                             "the network's 40x40 frame, with step, action and outcome; needs no display")
+                             "the frame the network sees, with step, action and outcome; needs no display")
     parser.add_argument("--overwrite", action="store_true", help="replace the --gif file if it exists")
     parser.add_argument("--render", action="store_true", help="watch the episodes in the PyBullet GUI (needs a display)")
     args = parser.parse_args(argv)
@@ -198,9 +196,7 @@ def evaluate(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.checkpoint}: no such checkpoint file yet (training saves the best model after "
                              f"episode 100); to evaluate the latest policy, pass --checkpoint {latest}")
         checkpoint = load_checkpoint(args.checkpoint, device, ("policy_net_state_dict",))
-        agent = checkpoint_agent(checkpoint)
-        config = pose_config(checkpoint, args.checkpoint) if agent == "pose" else \
-            checkpoint_config(checkpoint, args.checkpoint)
+        agent, config = agent_config(checkpoint, args.checkpoint)
     observation = Observation() if checkpoint is None else observation_of(config)
 
     is_test = args.objects == "test"

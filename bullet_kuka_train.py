@@ -41,8 +41,6 @@ from common import (
     UsageError,
     WorkerError,
     check_writable_folder,
-    checkpoint_agent,
-    checkpoint_config,
     display_problem,
     epsilon_by_episode,
     greedy_actions,
@@ -66,7 +64,7 @@ from common import (
     soft_update,
     worker_seed,
 )
-from pose_agent import PoseAgent, pose_config
+from pose_agent import PoseAgent, agent_config
 
 BEST_MODEL_AFTER_EPISODE = 100
 """The best model is saved only once the mean covers more than this many episodes (lecture)."""
@@ -331,11 +329,9 @@ class Trainer:
         self.global_step = 0
         self.earlier_seconds = 0.0
         if resumed:
-            saved_agent = checkpoint_agent(resumed)
+            saved_agent, saved_config = agent_config(resumed, state_path)
             if saved_agent != args.agent:
                 raise UsageError(f"{state_path} was saved by a run with --agent {saved_agent}; resume it the same way")
-            saved_config = pose_config(resumed, state_path) if args.agent == "pose" else \
-                checkpoint_config(resumed, state_path)
             if saved_config != self.agent.config:
                 raise UsageError(f"{state_path} was saved by a run with {config_flags(saved_config)}; "
                                  "resume it the same way")

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import CheckpointError, evaluating, load_state, quiet_pybullet, to_float
+from common import (CheckpointError, checkpoint_agent, checkpoint_config, evaluating, load_state, quiet_pybullet,
+                    to_float)
 
 GRASP_AFTER = 7
 """Actions after which the descending gripper is low enough to grasp, in most episodes."""
@@ -197,6 +198,12 @@ def pose_config(checkpoint: dict[str, Any], path: Any) -> dict[str, Any]:
             or type(saved["image_size"]) is not int or saved["image_size"] < 8 * PATCH_FRACTION):
         raise CheckpointError(f"{path}: its 'config' is not a pose agent's configuration: {saved!r}")
     return dict(saved)
+
+
+def agent_config(checkpoint: dict[str, Any], path: Any) -> tuple[str, dict[str, Any]]:
+    """Which agent a checkpoint holds ("dqn" or "pose") and its network configuration, checked as that agent's."""
+    agent = checkpoint_agent(checkpoint)
+    return agent, pose_config(checkpoint, path) if agent == "pose" else checkpoint_config(checkpoint, path)
 
 
 def newest_frames(states: np.ndarray) -> torch.Tensor:
