@@ -658,7 +658,8 @@ def train(args: argparse.Namespace) -> int:
               f"the last policy is in {state_path}")
     print("Elapsed time: {}".format(timedelta(seconds=resumable["elapsed_seconds"])))
     print(f"Throughput: {(completed - trainer.start_episode) / seconds:.3f} episodes/s, "
-          f"{trainer.transitions / seconds:.2f} env steps/s, {trainer.agent.gradient_steps / seconds:.2f} gradient steps/s "
+          f"{trainer.transitions / seconds:.2f} env steps/s, "
+          f"{trainer.agent.gradient_steps / seconds:.2f} gradient steps/s "
           f"with {args.num_envs} environment{'s' if args.num_envs > 1 else ''}")
     if failure is not None:
         print(f"error: {failure}; the run's state is saved in {state_path}: continue with --resume", file=sys.stderr)

@@ -368,7 +368,7 @@ class PoseAgent:
     """
 
     def __init__(self, image_size: int, rgb: bool, device: torch.device, seed: int, lr: float, capacity: int,
-                 batch_size: int, learning_starts: int, refit_every: int = 0, refit_epochs: int = 0) -> None:
+                 batch_size: int, learning_starts: int, refit_every: int = 0, refit_epochs: int = 10) -> None:
         self.net = GraspNet(image_size, rgb).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.memory = EpisodeMemory(capacity, (3, image_size, image_size) if rgb else (image_size, image_size),
