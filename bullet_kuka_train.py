@@ -184,16 +184,16 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="continue from the resumable state beside --checkpoint instead of starting over")
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
-    lecture = {dest: parser.get_default(dest) for dest in (*DQN_ONLY, *POSE_ONLY, "updates_per_step")}
+    defaults = {dest: parser.get_default(dest) for dest in (*DQN_ONLY, *POSE_ONLY, "updates_per_step")}
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
     for dest in DQN_ONLY if args.agent == "pose" else POSE_ONLY:
-        if getattr(args, dest) != lecture[dest]:
+        if getattr(args, dest) != defaults[dest]:
             parser.error(f"argument --{dest.replace('_', '-')}: applies to --agent "
                          f"{'dqn' if args.agent == 'pose' else 'pose'} only")
-    if args.refit_every and args.updates_per_step != lecture["updates_per_step"]:
+    if args.refit_every and args.updates_per_step != defaults["updates_per_step"]:
         parser.error("argument --updates-per-step: applies to online learning; --refit-every retrains instead")
-    if not args.refit_every and args.refit_epochs != lecture["refit_epochs"]:
+    if not args.refit_every and args.refit_epochs != defaults["refit_epochs"]:
         parser.error("argument --refit-epochs: applies with --refit-every only")
     if args.tau is not None:  # the two are exclusive on the command line; a preset's step sync yields to --tau
         args.target_update_steps = None
