@@ -21,6 +21,7 @@ import numpy as np
 from common import (
     ACTION_NAMES,
     DQN,
+    DQNPolicy,
     EnvPool,
     EpisodeRecorder,
     FrameStack,
@@ -29,7 +30,6 @@ from common import (
     UsageError,
     check_writable_folder,
     display_problem,
-    greedy_actions,
     load_checkpoint,
     load_state,
     make_env,
@@ -222,10 +222,7 @@ def evaluate(args: argparse.Namespace) -> int:
         else:
             policy_net = DQN.from_config(config, n_actions).to(device)
             load_state(policy_net, checkpoint, "policy_net_state_dict", args.checkpoint)
-            policy_net.eval()
-
-            def policy(states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
-                return greedy_actions(policy_net, states, timesteps)
+            policy = DQNPolicy(policy_net, n_actions)
 
         if args.num_envs == 1:
             rewards, sequences = run_episodes(env, observation, policy, args.episodes, recorder)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from common import (
     DQN,
     NETWORKS,
+    DQNPolicy,
     SCREEN_SIZE,
     STOP_SIGNALS,
     EnvPool,
@@ -43,7 +44,6 @@ from common import (
     check_writable_folder,
     display_problem,
     epsilon_by_episode,
-    greedy_actions,
     image_side,
     load_checkpoint,
     load_state,
@@ -60,7 +60,6 @@ from common import (
     save_checkpoint,
     seed_everything,
     seed_int,
-    select_actions,
     soft_update,
     worker_seed,
 )
@@ -85,7 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 DQN_ONLY = ("gamma", "target_update", "target_update_steps", "tau", "double_dqn", "n_step", "augment",
-            "timestep_input", "network")
+            "timestep_input", "first_frame_input", "pose_input", "network")
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
 POSE_ONLY = ("refit_every", "refit_epochs")
 """Flags of the pose agent, refused with --agent dqn."""
@@ -136,6 +135,12 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument("--timestep-input", action=argparse.BooleanOptionalAction, default=False,
                         help="feed the episode's timestep to the network beside the frames (the slides' state); "
                              "the checkpoint records it, and the eval script rebuilds the network from the file")
+    parser.add_argument("--first-frame-input", action=argparse.BooleanOptionalAction, default=False,
+                        help="give the network the episode's first frame ahead of the stack: the scene before the "
+                             "arm covers it (what the pose agent scores); the checkpoint records it")
+    parser.add_argument("--pose-input", action=argparse.BooleanOptionalAction, default=False,
+                        help="feed the arm's commanded pose (x, y, gripper angle), which follows from the actions "
+                             "taken, to the network beside the frames; the checkpoint records it")
     parser.add_argument("--image-size", type=image_side, default=SCREEN_SIZE,
                         help="side in pixels of the square frames the network sees (lecture: 40, resized from the "
                              "48x48 camera); above 48 the camera renders at this size; the checkpoint records it")
@@ -242,13 +247,16 @@ class DQNAgent:
         self.n_actions = n_actions
         self.rng = random.Random(seed)
         network = NETWORKS[args.network]
-        self.policy_net = network.for_observation(observation, n_actions, args.timestep_input).to(device)
-        self.target_net = network.for_observation(observation, n_actions, args.timestep_input).to(device)
+        inputs = (args.timestep_input, args.first_frame_input, args.pose_input)
+        self.policy_net = network.for_observation(observation, n_actions, *inputs).to(device)
+        self.target_net = network.for_observation(observation, n_actions, *inputs).to(device)
         self.target_net.load_state_dict(self.policy_net.state_dict())
         self.target_net.eval()
         self.optimizer = optim.Adam(self.policy_net.parameters(), lr=args.lr)
         self.memory = ReplayMemory(args.memory, device, num_streams=args.num_envs, seed=seed,
-                                   frame_shape=observation.frame_shape)
+                                   frame_shape=observation.frame_shape, first_frame=args.first_frame_input,
+                                   poses=args.pose_input, max_episode_steps=args.max_steps)
+        self.policy = DQNPolicy(self.policy_net, n_actions, self.rng)
         self.gradient_steps = 0
 
     @property
@@ -256,10 +264,10 @@ class DQNAgent:
         return self.policy_net.config
 
     def act(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float) -> list[int]:
-        return select_actions(self.policy_net, states, epsilon, self.n_actions, self.rng, timesteps)
+        return self.policy(states, indices, timesteps, epsilon)
 
     def greedy_policy(self) -> Callable[[np.ndarray, list[int], list[int]], list[int]]:
-        return lambda states, indices, timesteps: greedy_actions(self.policy_net, states, timesteps)
+        return DQNPolicy(self.policy_net, self.n_actions)
 
     def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
               stream: int = 0) -> None:
@@ -495,8 +503,9 @@ def config_flags(config: dict[str, Any]) -> str:
     """A checkpoint's network configuration as the training flags that give it."""
     if config.get("agent") == "pose":
         return f"--agent pose --image-size {config['image_size']} {'--rgb' if config['rgb'] else '--no-rgb'}"
-    return " ".join(("--timestep-input" if config["timestep_input"] else "--no-timestep-input",
-                     f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb",
+    switches = [f"--{'' if config[key] else 'no-'}{key.replace('_', '-')}"
+                for key in ("timestep_input", "first_frame_input", "pose_input")]
+    return " ".join((*switches, f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb",
                      f"--network {config['network']}"))
 
 

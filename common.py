@@ -35,6 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from kinematics import POSE_FEATURES, START_POSE, Pose, move, pose_features, poses_after
+
 STACK_SIZE = 5
 """Consecutive screens in one state, as in the lecture."""
 SCREEN_SIZE = 40
@@ -589,10 +591,13 @@ class EpisodeRecorder:
 # Replay memory
 # ---------------------------------------------------------------------------
 
-Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done", "timestep", "next_timestep"))
+Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done", "timestep", "next_timestep",
+                             "pose", "next_pose"), defaults=(None, None))
 """Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, *frame shape),
 int64 actions, float32 rewards, bool `done`, and int64 timesteps (actions taken in the episode
-before `state` and before `next_state`); a terminal transition's `next_state` is meaningless."""
+before `state` and before `next_state`); a terminal transition's `next_state` is meaningless.
+A memory with `first_frame` puts the episode's first frame ahead of each stack (B, 1 + STACK_SIZE, ...);
+one with `poses` gives the commanded poses (B, 3) at `state` and `next_state` (kinematics.Pose units)."""
 
 
 class ReplayMemory:
@@ -603,19 +608,27 @@ class ReplayMemory:
     frames their stream stored before them, so transitions arrive in `streams` (one per
     environment), each pushed in the order it happened, and each stream keeps its share of
     the capacity, as Stable-Baselines3 does with several environments.
+
+    The DQN's opt-in inputs come from the episode so far: with `first_frame` each state carries its
+    episode's first frame, and with `poses` the batch carries the commanded pose, which follows from the
+    actions since the episode's start. Either keeps `max_episode_steps` spare slots, so that the oldest
+    transition's episode is still held from its start.
     """
 
     def __init__(self, capacity: int, device: torch.device | str = "cpu", num_streams: int = 1,
-                 seed: Optional[int] = None, frame_shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)) -> None:
+                 seed: Optional[int] = None, frame_shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE),
+                 first_frame: bool = False, poses: bool = False, max_episode_steps: int = 20) -> None:
         """`frame_shape` is one preprocessed frame's (`Observation.frame_shape`), the lecture's by default."""
         if capacity < num_streams:
             raise ValueError(f"capacity {capacity} is smaller than the number of streams {num_streams}")
         self.capacity = capacity
         self.device = torch.device(device)
+        self.first_frame, self.poses = first_frame, poses
         self.shares = np.array([capacity // num_streams + (s < capacity % num_streams) for s in range(num_streams)])
-        # STACK_SIZE spare slots keep the frames of the oldest transition's state alive while the
+        # Spare slots keep the frames of the oldest transition's state (or episode) alive while the
         # newest next frame is written.
-        self.slots = int(self.shares.max()) + STACK_SIZE
+        self.history = max(STACK_SIZE, max_episode_steps) if first_frame or poses else STACK_SIZE
+        self.slots = int(self.shares.max()) + self.history
         self.frames = torch.zeros((num_streams, self.slots, *frame_shape), dtype=torch.uint8,
                                   device=self.device)
         self.actions = np.zeros((num_streams, self.slots), dtype=np.int64)
@@ -699,16 +712,26 @@ class ReplayMemory:
         first = self.episode_starts[stream, slot][:, None]
         state_steps = np.maximum(step[:, None] - back, first)
         next_steps = np.maximum(step[:, None] + n_step - back, first)
+        if self.first_frame:
+            state_steps, next_steps = np.hstack((first, state_steps)), np.hstack((first, next_steps))
         index = torch.from_numpy(np.stack((state_steps, next_steps)) % self.slots).to(self.device)
         frames = self.frames[torch.from_numpy(stream).to(self.device)[:, None], index]
+        timestep, next_timestep = step - first[:, 0], step + n_step - first[:, 0]
+        pose = next_pose = None
+        if self.poses:  # the actions since the episode's start, n_step more for the next state
+            taken = self.actions[stream[:, None], (first + np.arange(self.history + n_step)) % self.slots]
+            pose = torch.from_numpy(poses_after(taken, timestep)).to(self.device)
+            next_pose = torch.from_numpy(poses_after(taken, next_timestep)).to(self.device)
         return Batch(
             state=frames[0],
             action=torch.from_numpy(self.actions[stream, slot]).to(self.device),
             next_state=frames[1],
             reward=torch.from_numpy(rewards).to(self.device),
             done=torch.from_numpy((dones & before_end).any(axis=1)).to(self.device),
-            timestep=torch.from_numpy(step - first[:, 0]).to(self.device),
-            next_timestep=torch.from_numpy(step + n_step - first[:, 0]).to(self.device),
+            timestep=torch.from_numpy(timestep).to(self.device),
+            next_timestep=torch.from_numpy(next_timestep).to(self.device),
+            pose=pose,
+            next_pose=next_pose,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -760,21 +783,27 @@ class DQN(nn.Module):
     Layer names match the lecture, so its state dicts load here with strict=True and back.
     `timestep_input` (opt-in; the slides' state includes t, the lecture's code does not) feeds the
     episode's timestep to the hidden layer beside the image features: one more input column there.
-    `rgb` (opt-in) takes stacks of colour frames, three input channels per frame. `in_channels`
-    other than the frame stack's is for analysis (benchmarks/input_probe.py) only.
+    `rgb` (opt-in) takes stacks of colour frames, three input channels per frame. Two opt-ins give it
+    what the pose agent knows: `first_frame_input`, the episode's first frame ahead of the stack (the
+    scene before the arm covers it), and `pose_input`, the commanded pose beside the image features
+    (kinematics.pose_features). `in_channels` other than the states' is for analysis
+    (benchmarks/input_probe.py) only.
     """
 
     network = "lecture"
     """How `--network` and a checkpoint's `config` name this class's convolutions."""
 
     def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False, rgb: bool = False,
-                 in_channels: Optional[int] = None) -> None:
+                 in_channels: Optional[int] = None, first_frame_input: bool = False, pose_input: bool = False) -> None:
         super().__init__()
         self.timestep_input = timestep_input
+        self.first_frame_input = first_frame_input
+        self.pose_input = pose_input
         self.rgb = rgb
         self.image_size = h
-        features = self.build_convolutions(in_channels or STACK_SIZE * (3 if rgb else 1), h, w)
-        self.linear = nn.Linear(features + int(timestep_input), 512)
+        frames = STACK_SIZE + int(first_frame_input)
+        features = self.build_convolutions(in_channels or frames * (3 if rgb else 1), h, w)
+        self.linear = nn.Linear(features + int(timestep_input) + POSE_FEATURES * int(pose_input), 512)
         self.head = nn.Linear(512, outputs)
 
     def build_convolutions(self, in_channels: int, h: int, w: int) -> int:
@@ -793,13 +822,19 @@ class DQN(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         return F.relu(self.conv3(x))
 
-    def forward(self, x: torch.Tensor, timestep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """States (B, channels, h, w), and with `timestep_input` their timesteps (B,) -> Q-values (B, outputs)."""
+    def forward(self, x: torch.Tensor, timestep: Optional[torch.Tensor] = None,
+                pose: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """States (B, channels, h, w), with `timestep_input` their timesteps (B,), with `pose_input` their
+        pose features (B, POSE_FEATURES) -> Q-values (B, outputs)."""
         x = self.convolutions(x).flatten(start_dim=1)
         if self.timestep_input:
             if timestep is None:
                 raise ValueError("this network takes the timestep as an input: pass it")
             x = torch.cat((x, timestep.to(x.dtype).unsqueeze(1) / TIMESTEP_SCALE), dim=1)
+        if self.pose_input:
+            if pose is None:
+                raise ValueError("this network takes the commanded pose as an input: pass it")
+            x = torch.cat((x, pose.to(x.dtype)), dim=1)
         x = F.relu(self.linear(x))
         return self.head(x)
 
@@ -807,17 +842,20 @@ class DQN(nn.Module):
     def config(self) -> dict[str, Any]:
         """What a checkpoint records so that `DQN.from_config` rebuilds this network from the file alone."""
         return {"timestep_input": self.timestep_input, "image_size": self.image_size, "rgb": self.rgb,
-                "network": self.network}
+                "network": self.network, "first_frame_input": self.first_frame_input, "pose_input": self.pose_input}
 
     @classmethod
-    def for_observation(cls, observation: Observation, outputs: int, timestep_input: bool = False) -> "DQN":
+    def for_observation(cls, observation: Observation, outputs: int, timestep_input: bool = False,
+                        first_frame_input: bool = False, pose_input: bool = False) -> "DQN":
         """This class's network for stacks of `observation`'s frames."""
-        return cls(observation.size, observation.size, outputs, timestep_input, observation.rgb)
+        return cls(observation.size, observation.size, outputs, timestep_input, observation.rgb,
+                   first_frame_input=first_frame_input, pose_input=pose_input)
 
     @staticmethod
     def from_config(config: dict[str, Any], outputs: int) -> "DQN":
         """The network a checkpoint's `config` (as `checkpoint_config` reads it) describes."""
-        return NETWORKS[config["network"]].for_observation(observation_of(config), outputs, config["timestep_input"])
+        return NETWORKS[config["network"]].for_observation(observation_of(config), outputs, config["timestep_input"],
+                                                           config["first_frame_input"], config["pose_input"])
 
 
 class FineDQN(DQN):
@@ -880,12 +918,15 @@ def evaluating(net: nn.Module) -> Iterator[None]:
         net.train(was_training)
 
 
-def greedy_actions(policy_net: nn.Module, states: np.ndarray, timesteps: Optional[list[int]] = None) -> list[int]:
-    """argmax_a Q(state, a) for a batch of uint8 states (and their timesteps), in one forward pass, in eval mode."""
+def greedy_actions(policy_net: nn.Module, states: np.ndarray, timesteps: Optional[list[int]] = None,
+                   poses: Optional[np.ndarray] = None) -> list[int]:
+    """argmax_a Q(state, a) for a batch of uint8 states (and their timesteps and commanded poses), in one forward
+    pass, in eval mode."""
     device = next(policy_net.parameters()).device
     timestep = None if timesteps is None else torch.tensor(timesteps, device=device)
+    pose = None if poses is None else pose_features(torch.from_numpy(poses).to(device))
     with evaluating(policy_net):
-        return policy_net(to_float(torch.from_numpy(states).to(device)), timestep).argmax(dim=1).tolist()
+        return policy_net(to_float(torch.from_numpy(states).to(device)), timestep, pose).argmax(dim=1).tolist()
 
 
 def random_shift(images: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -915,12 +956,42 @@ def soft_update(target_net: nn.Module, policy_net: nn.Module, tau: float) -> Non
 
 def select_actions(
     policy_net: nn.Module, states: np.ndarray, epsilon: float, n_actions: int, rng: random.Random,
-    timesteps: Optional[list[int]] = None,
+    timesteps: Optional[list[int]] = None, poses: Optional[np.ndarray] = None,
 ) -> list[int]:
     """Epsilon-greedy for each state: uniform with probability epsilon, else greedy (one batched pass)."""
     explore = [rng.random() <= epsilon for _ in range(len(states))]
-    greedy = greedy_actions(policy_net, states, timesteps) if not all(explore) else []
+    greedy = greedy_actions(policy_net, states, timesteps, poses) if not all(explore) else []
     return [rng.randrange(n_actions) if explore[i] else greedy[i] for i in range(len(states))]
+
+
+class DQNPolicy:
+    """Acting with a DQN in a set of environments, as the scripts call a policy: a batch of states, the
+    environments they come from and their timesteps (actions taken in the episode so far).
+
+    The lecture's network needs the states only. A network with `first_frame_input` or `pose_input` needs the
+    episode so far: the policy keeps each environment's first frame (at timestep 0) and follows its commanded
+    pose, each action returned being assumed taken.
+    """
+
+    def __init__(self, policy_net: DQN, n_actions: int, rng: Optional[random.Random] = None) -> None:
+        self.policy_net, self.n_actions, self.rng = policy_net, n_actions, rng or random.Random(0)
+        self.first_frames: dict[int, np.ndarray] = {}
+        self.poses: dict[int, Pose] = {}
+
+    def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
+        for position, (index, t) in enumerate(zip(indices, timesteps)):
+            if t == 0:
+                self.first_frames[index], self.poses[index] = states[position, -1], START_POSE
+        if self.policy_net.first_frame_input:
+            states = np.concatenate((np.stack([self.first_frames[i] for i in indices])[:, None], states), axis=1)
+        poses = np.array([self.poses[i] for i in indices]) if self.policy_net.pose_input else None
+        if epsilon > 0:
+            actions = select_actions(self.policy_net, states, epsilon, self.n_actions, self.rng, timesteps, poses)
+        else:
+            actions = greedy_actions(self.policy_net, states, timesteps, poses)
+        for index, action in zip(indices, actions):
+            self.poses[index] = move(self.poses[index], action)
+        return actions
 
 
 def optimize_model(
@@ -949,18 +1020,20 @@ def optimize_model(
     if augment:
         state, next_state = random_shift(state), random_shift(next_state)
 
+    pose, next_pose = (None, None) if batch.pose is None else (pose_features(batch.pose), pose_features(batch.next_pose))
+
     with torch.no_grad():
-        next_q = target_net(next_state, batch.next_timestep)
+        next_q = target_net(next_state, batch.next_timestep, next_pose)
         if double_dqn:
             with evaluating(policy_net):
-                next_action = policy_net(next_state, batch.next_timestep).argmax(dim=1, keepdim=True)
+                next_action = policy_net(next_state, batch.next_timestep, next_pose).argmax(dim=1, keepdim=True)
             next_state_values = next_q.gather(1, next_action).squeeze(1)
         else:
             next_state_values = next_q.max(dim=1).values
     expected_state_action_values = batch.reward + gamma**n_step * next_state_values.masked_fill(batch.done, 0.0)
 
     policy_net.train()
-    state_action_values = policy_net(state, batch.timestep).gather(1, batch.action.unsqueeze(1))
+    state_action_values = policy_net(state, batch.timestep, pose).gather(1, batch.action.unsqueeze(1))
 
     loss = F.smooth_l1_loss(state_action_values, expected_state_action_values.unsqueeze(1))
     optimizer.zero_grad()
@@ -1003,7 +1076,8 @@ def networks_state(policy_net: DQN, target_net: DQN, optimizer: torch.optim.Opti
     return {**state, "config": policy_net.config}
 
 
-LECTURE_CONFIG = {"timestep_input": False, "image_size": SCREEN_SIZE, "rgb": False, "network": DQN.network}
+LECTURE_CONFIG = {"timestep_input": False, "image_size": SCREEN_SIZE, "rgb": False, "network": DQN.network,
+                  "first_frame_input": False, "pose_input": False}
 """The lecture's network as a checkpoint's `config` records it; a key a checkpoint lacks takes its value here."""
 
 
@@ -1022,8 +1096,9 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a checkpoint of --agent {agent}, not of the lecture's DQN")
     saved = checkpoint.get("config", {})
     config = {**LECTURE_CONFIG, **saved} if isinstance(saved, dict) else None
-    if (config is None or config.keys() != LECTURE_CONFIG.keys() or not isinstance(config["timestep_input"], bool)
-            or not isinstance(config["rgb"], bool) or type(config["image_size"]) is not int
+    flags = ("timestep_input", "rgb", "first_frame_input", "pose_input")
+    if (config is None or config.keys() != LECTURE_CONFIG.keys()
+            or not all(isinstance(config[flag], bool) for flag in flags) or type(config["image_size"]) is not int
             or config["image_size"] < MIN_IMAGE_SIZE
             or not isinstance(config["network"], str) or config["network"] not in NETWORKS):
         raise CheckpointError(f"{path}: its 'config' is not a network configuration: {saved!r}")

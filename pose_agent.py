@@ -26,17 +26,10 @@ import torch.nn.functional as F
 
 from common import (CheckpointError, checkpoint_agent, checkpoint_config, evaluating, load_state, quiet_pybullet,
                     to_float)
+from kinematics import MOVES, START_POSE, Pose, move, pose_array
 
 GRASP_AFTER = 7
 """Actions after which the descending gripper is low enough to grasp, in most episodes."""
-MOVES = ((0, 0, 0), (-60, 0, 0), (60, 0, 0), (0, -60, 0), (0, 60, 0), (0, 0, -1), (0, 0, 1))
-"""Each action's change of the commanded pose: x and y in millimetres (dv = 0.06 m), angle in ANGLE_STEPs."""
-START_POSE = (537, 0, 0)
-"""The commanded pose at reset: x, y in millimetres, angle in ANGLE_STEPs (kuka.py's endEffectorPos, Angle)."""
-X_LIMITS, Y_LIMITS = (500, 650), (-170, 220)
-"""kuka.py clamps the commanded x and y to these, in millimetres; the angle is not clamped."""
-ANGLE_STEP = 0.25
-"""Radians the gripper turns per turn action."""
 OBJECT_HEIGHT = -0.15
 """z in metres of the objects resting in the tray, where a pose is projected into the camera image."""
 CAMERA = dict(look=(0.23, 0.2, 0.54), distance=1.0, yaw=245.0, pitch=-56.0, fov=20.0, near=0.01, far=10.0)
@@ -45,22 +38,6 @@ PATCH_FRACTION = 3
 """A pose's patch is a 1/PATCH_FRACTION of the frame's side wide: 32 pixels at 96x96."""
 POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True}
 """The pose agent as a checkpoint's `config` records it, with the fast preset's frames."""
-
-Pose = tuple[int, int, int]
-"""A commanded pose: x and y in millimetres, the angle in ANGLE_STEPs."""
-
-
-def move(pose: Pose, action: int) -> Pose:
-    """The commanded pose after `action`, clamped as kuka.py clamps it."""
-    dx, dy, dturn = MOVES[action]
-    return (min(max(pose[0] + dx, X_LIMITS[0]), X_LIMITS[1]), min(max(pose[1] + dy, Y_LIMITS[0]), Y_LIMITS[1]),
-            pose[2] + dturn)
-
-
-def pose_array(poses: list[Pose]) -> np.ndarray:
-    """Poses as float32 rows (x m, y m, angle rad), the network's input."""
-    array = np.asarray(poses, dtype=np.float32).reshape(-1, 3)
-    return array * np.array([1e-3, 1e-3, ANGLE_STEP], dtype=np.float32)
 
 
 class PoseLattice:

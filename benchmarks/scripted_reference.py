@@ -27,7 +27,8 @@ from bullet_kuka_eval import run_episodes_in_parallel  # noqa: E402
 from common import (EnvPool, OneLineArgumentParser, positive_int, report_errors, seed_int,  # noqa: E402
                     success_rate, wilson_interval)
 from learning import FIELDS, append_row  # noqa: E402
-from pose_agent import START_POSE, X_LIMITS, Y_LIMITS, PoseLattice, move  # noqa: E402
+from kinematics import START_POSE, X_LIMITS, Y_LIMITS, move  # noqa: E402
+from pose_agent import PoseLattice  # noqa: E402
 
 REACH_MARGIN = 60
 """Millimetres outside the clamps that an object still counts as within reach: one step of the arm."""

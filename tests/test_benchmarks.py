@@ -268,7 +268,8 @@ def test_scripted_reference_heads_for_the_nearest_object_and_writes_its_row(tmp_
     assert f"Success rate: {row['successes']}/2 = " in result.stdout
 
     import scripted_reference
-    from pose_agent import PoseLattice, X_LIMITS, Y_LIMITS
+    from kinematics import X_LIMITS, Y_LIMITS
+    from pose_agent import PoseLattice
 
     class Pool:  # the simulator's answer for one scene: an object out of reach and one within it
         def positions(self, index):

@@ -106,11 +106,12 @@ def test_a_config_is_completed_from_the_lectures_and_checked():
     assert checkpoint_config({}, path) == LECTURE_CONFIG, "a lecture file records no config"
     assert checkpoint_config({"config": {"timestep_input": True}}, path) == {**LECTURE_CONFIG, "timestep_input": True}
     colour = {"timestep_input": False, "image_size": 96, "rgb": True}
-    assert checkpoint_config({"config": colour}, path) == {**colour, "network": "lecture"}, "written before --network"
-    fine = {**colour, "network": "fine"}
+    older = {"network": "lecture", "first_frame_input": False, "pose_input": False}
+    assert checkpoint_config({"config": colour}, path) == {**colour, **older}, "written before --network"
+    fine = {**colour, "network": "fine", "first_frame_input": True, "pose_input": False}
     assert checkpoint_config({"config": fine}, path) == fine
     for bad in ({"image_size": 20}, {"image_size": 96.0}, {"rgb": "yes"}, {"frames": 4}, "rgb", {"network": "wide"},
-                {"network": ["fine"]}):
+                {"network": ["fine"]}, {"pose_input": 1}):
         with pytest.raises(CheckpointError, match="policy_dqn.pt: its 'config' is not a network configuration"):
             checkpoint_config({"config": bad}, path)
 

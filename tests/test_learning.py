@@ -77,7 +77,8 @@ def test_the_fine_network_keeps_a_finer_grid_and_is_rebuilt_from_its_config(size
     assert net.convolutions(states).shape == (3, 64, grid, grid)
     assert net.linear.in_features == grid * grid * 64 + 1
     assert net(states, torch.tensor([0, 3, 6])).shape == (3, 7)
-    assert net.config == {"timestep_input": True, "image_size": size, "rgb": True, "network": "fine"}
+    assert net.config == {"timestep_input": True, "image_size": size, "rgb": True, "network": "fine",
+                          "first_frame_input": False, "pose_input": False}
     rebuilt = DQN.from_config(net.config, 7)
     assert type(rebuilt) is FineDQN
     rebuilt.load_state_dict(net.state_dict(), strict=True)
@@ -164,7 +165,7 @@ def test_colour_frames_are_stored_sampled_and_fed_to_a_network_built_for_them():
     assert torch.equal(states[:, 3:6], batch.state[:, 1].float() / 255), "frame 1's colours are channels 3 to 5"
     net = DQN.for_observation(observation, 7)
     assert net.conv1.in_channels == 3 * STACK_SIZE and net(states).shape == (4, 7)
-    assert net.config == {"timestep_input": False, "image_size": 36, "rgb": True, "network": "lecture"}
+    assert net.config == {**LECTURE_CONFIG, "image_size": 36, "rgb": True}
     rebuilt = DQN.from_config(net.config, 7)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
 

@@ -9,11 +9,10 @@ import torch
 
 from common import CheckpointError, checkpoint_config, load_checkpoint, make_env, quiet_pybullet, seed_everything
 from conftest import ROOT, assert_one_line_error, read_events, run_script
+from kinematics import ANGLE_STEP, START_POSE, move, pose_array
 from pose_agent import (
-    ANGLE_STEP,
     GRASP_AFTER,
     OBJECT_HEIGHT,
-    START_POSE,
     EpisodeMemory,
     GraspNet,
     PoseAgent,
@@ -21,9 +20,7 @@ from pose_agent import (
     PosePolicy,
     camera_matrix,
     grasp_loss,
-    move,
     pixel_of,
-    pose_array,
     pose_config,
 )
 

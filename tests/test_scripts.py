@@ -221,7 +221,8 @@ def test_timestep_input_is_recorded_and_the_eval_script_rebuilds_it(workdir):
     result = run_script("train", "--episodes", "3", "--timestep-input", "--logdir", "runs/t", *FAST, cwd=workdir)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
-    assert state["config"] == {"timestep_input": True, "image_size": 40, "rgb": False, "network": "lecture"}
+    assert state["config"] == {"timestep_input": True, "image_size": 40, "rgb": False, "network": "lecture",
+                               "first_frame_input": False, "pose_input": False}
     assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 64 + 1)
 
     result = run_script("eval", "--episodes", "2", "--num-envs", "2", "--checkpoint", "policy_dqn.resume.pt",
@@ -239,7 +240,8 @@ def test_a_larger_colour_input_and_the_fine_network_are_recorded_and_the_eval_sc
                         "--num-envs", "2", "--clip-every", "3", "--logdir", "runs/c", *FAST, cwd=workdir)
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
-    assert state["config"] == {"timestep_input": False, "image_size": 64, "rgb": True, "network": "fine"}
+    assert state["config"] == {"timestep_input": False, "image_size": 64, "rgb": True, "network": "fine",
+                               "first_frame_input": False, "pose_input": False}
     assert state["policy_net_state_dict"]["conv1.weight"].shape == (32, 3 * 5, 4, 4)
     assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 8 * 8 * 64)
     assert state["replay_memory"]["frames"].shape[2:] == (3, 64, 64)
@@ -262,6 +264,32 @@ def test_a_larger_colour_input_and_the_fine_network_are_recorded_and_the_eval_sc
     assert load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ())["episode"] == 3
 
 
+@pytest.mark.parametrize("num_envs", ["1", "2"])
+def test_the_first_frame_and_pose_inputs_train_resume_and_are_rebuilt_by_the_eval_script(workdir, num_envs):
+    inputs = ("--first-frame-input", "--pose-input", "--num-envs", num_envs, "--max-steps", "6")
+    result = run_script("train", "--episodes", "3", *inputs, "--clip-every", "3", "--logdir", "runs/i", *FAST[2:],
+                        cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    result = run_script("train", "--resume", "--episodes", "5", *inputs, *FAST[2:], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, CHECKPOINT_KEYS)
+    assert state["episode"] == 5
+    assert state["config"] == {"timestep_input": False, "image_size": 40, "rgb": False, "network": "lecture",
+                               "first_frame_input": True, "pose_input": True}
+    assert state["policy_net_state_dict"]["conv1.weight"].shape == (32, 5 + 1, 8, 8)
+    assert state["policy_net_state_dict"]["linear.weight"].shape == (512, 64 + 4)
+    assert state["replay_memory"]["frames"].shape[1] == 10000 // int(num_envs) + 6  # spare slots: a whole episode
+    assert "replay memory restored" in result.stdout
+
+    result = run_script("eval", "--episodes", "2", "--num-envs", num_envs, "--checkpoint", "policy_dqn.resume.pt",
+                        "--device", "cpu", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("Success rate: ")
+
+    result = run_script("train", "--resume", "--episodes", "6", "--num-envs", num_envs, *FAST, cwd=workdir)
+    assert_one_line_error(result, "policy_dqn.resume.pt", "--first-frame-input --pose-input")
+
+
 def test_resume_without_a_saved_state_says_so(workdir):
     result = run_script("train", "--resume", *FAST, cwd=workdir)
     assert_one_line_error(result, "policy_dqn.resume.pt", "no such checkpoint file")
@@ -282,6 +310,7 @@ def test_resume_without_a_saved_state_says_so(workdir):
     ("train", ["--n-step", "0"], "--n-step"),
     ("train", ["--preset", "turbo"], "--preset"),
     ("train", ["--agent", "pose", "--double-dqn"], "--double-dqn: applies to --agent dqn only"),
+    ("train", ["--agent", "pose", "--pose-input"], "--pose-input: applies to --agent dqn only"),
     ("train", ["--preset", "fast", "--n-step", "3"], "--n-step: applies to --agent dqn only"),
     ("train", ["--refit-every", "5"], "--refit-every: applies to --agent pose only"),
     ("train", ["--preset", "fast", "--updates-per-step", "0.5"], "--updates-per-step: applies to online learning"),
