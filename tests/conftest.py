@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from tensorboardX.proto import event_pb2
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,22 +34,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 def read_events(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
-    """Scalars {tag: [(step, value)]} and the tags of other summaries in every event file of `logdir`."""
+    """Scalars {tag: [(step, value)]} and the tags of other summaries in every event file of `logdir`, read with
+    tensorboard's own reader, every event kept (none sampled away, none purged as orphaned)."""
+    accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0, "tensors": 0},
+                                   purge_orphaned_data=False)
+    accumulator.Reload()
+    tags = accumulator.Tags()
     scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    other_tags: set[str] = set()
-    for path in sorted(logdir.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack_from("<Q", data, offset)
-            record = data[offset + 12: offset + 12 + length]
-            offset += 12 + length + 4
-            event = event_pb2.Event.FromString(record)
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars[value.tag].append((event.step, value.simple_value))
-                else:
-                    other_tags.add(value.tag)
+    for tag in tags["scalars"]:
+        scalars[tag] = [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    other_tags = {tag for kind, names in tags.items() if kind != "scalars" and isinstance(names, list) for tag in names}
     return scalars, other_tags
 
 
