@@ -9,7 +9,8 @@ For each N it measures, on this machine and in one run:
   (c) the lecture's one-environment loop, `bullet_kuka_train.py --num-envs 1`.
 With one environment the training loop *is* the lecture's loop, so (b) at N = 1 and (c) are one
 measurement. Each clock starts once the environments are up and stops at the last counted episode's
-end. Prints a Markdown table, then the replay memory's bytes per transition.
+end. Prints a Markdown table, then an environment worker's resident memory (Linux) and the replay
+memory's bytes per transition.
 """
 from __future__ import annotations
 
@@ -43,8 +44,16 @@ def env_counts(max_envs: int) -> list[int]:
     return counts
 
 
+def worker_memory(pid: int) -> tuple[float, bool]:
+    """A process's resident memory in MB and whether it has torch's library loaded, from /proc (Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    resident_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return resident_kb / 1024, "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def raw_collection(num_envs: int, episodes: int, seed: int) -> dict[str, float]:
-    """(a): episodes/s and env steps/s of `num_envs` workers under uniform random actions."""
+    """(a): episodes/s and env steps/s of `num_envs` workers under uniform random actions, and the largest
+    worker's resident memory in MB at the end (NaN where /proc is missing) and whether torch is loaded there."""
     rng = random.Random(seed)
     with EnvPool(num_envs, seed, is_test=False) as pool:
         start = timeit.default_timer()
@@ -65,7 +74,12 @@ def raw_collection(num_envs: int, episodes: int, seed: int) -> dict[str, float]:
                         continue
                 pool.step(index, rng.randrange(pool.n_actions))
         seconds = timeit.default_timer() - start
-    return {"episodes": finished / seconds, "steps": steps / seconds, "gradient_steps": 0.0}
+        try:
+            worker_mb, torch_loaded = max(worker_memory(process.pid) for process in pool.processes)
+        except OSError:
+            worker_mb, torch_loaded = float("nan"), False
+    return {"episodes": finished / seconds, "steps": steps / seconds, "gradient_steps": 0.0,
+            "worker_mb": worker_mb, "torch_in_worker": torch_loaded}
 
 
 def training(num_envs: int, episodes: int, seed: int, device: str, folder: Path) -> dict[str, float]:
@@ -118,7 +132,7 @@ def main() -> int:
     print("| N | (a) raw episodes/s | (a) env steps/s | (b) train episodes/s | (b) env steps/s "
           "| (b) gradient steps/s | (b)/(a) | (b)/(c) |")
     print("|--:|--:|--:|--:|--:|--:|--:|--:|")
-    lecture = None
+    lecture = raw = None
     with tempfile.TemporaryDirectory() as folder:
         for num_envs in env_counts(args.max_envs):
             episodes = args.episodes_per_env * num_envs
@@ -130,6 +144,8 @@ def main() -> int:
                   f"| {trained['episodes'] / raw['episodes']:.2f} | {trained['episodes'] / lecture['episodes']:.2f} |",
                   flush=True)
 
+    print(f"\nEnvironment worker: {raw['worker_mb']:.0f} MB resident after its episodes, the largest of "
+          f"{num_envs}; torch loaded in it: {'yes' if raw['torch_in_worker'] else 'no'}")
     lecture_bytes = 2 * 5 * 40 * 40 * 4
     for streams in sorted({1, args.max_envs}):
         memory = ReplayMemory(10_000, device, num_streams=streams)

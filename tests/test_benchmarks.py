@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -19,6 +20,7 @@ from conftest import ROOT, assert_one_line_error
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import approach_probe  # noqa: E402
 import fixed_scenes  # noqa: E402
+import probe  # noqa: E402
 import scene_ceiling  # noqa: E402
 from input_probe import collect as collect_outcomes  # noqa: E402
 
@@ -95,6 +97,17 @@ def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
     assert "out of time at episode" in result.stdout and "call again to go on" in result.stdout
     state = load_checkpoint(resume_path(tmp_path / "tiny" / "policy_dqn.pt"), torch.device("cpu"), ("episode",))
     assert 0 < state["episode"] < 1000, "training ran, was stopped, and saved where it was"
+
+
+def test_roc_auc_by_ranks_is_the_share_of_success_failure_pairs_in_order():
+    assert probe.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert np.isnan(probe.roc_auc(np.array([0.2, 0.3]), np.array([1, 1])))
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # few distinct scores: many ties, each pair counting half
+        scores, outcomes = rng.integers(0, 4, 30).astype(float), rng.integers(0, 2, 30)
+        success, failure = scores[outcomes == 1], scores[outcomes == 0]
+        pairs = (success[:, None] > failure).mean() + 0.5 * (success[:, None] == failure).mean()
+        assert probe.roc_auc(scores, outcomes) == pytest.approx(pairs)
 
 
 def input_probe(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -282,3 +295,14 @@ def test_scripted_reference_heads_for_the_nearest_object_and_writes_its_row(tmp_
     actions = [policy(np.zeros((1, 5, 40, 40)), [0], [t])[0] for t in range(9)]
     assert policy.poses[0] == target and actions[-2:] == [0, 0], "it reaches the pose, then stays"
     assert X_LIMITS[0] <= target[0] <= X_LIMITS[1] and Y_LIMITS[0] <= target[1] <= Y_LIMITS[1]
+
+
+def test_throughput_reports_a_row_per_worker_count_and_a_workers_memory(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--max-envs", "2",
+                             "--episodes-per-env", "1", "--device", "cpu"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
+    assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)
+    [memory] = [line for line in result.stdout.splitlines() if line.startswith("Environment worker: ")]
+    assert 50 < float(memory.split()[2]) < 4000, memory
