@@ -10,7 +10,8 @@ same, and refuses other evaluation scenes), learning.csv (one row per evaluation
 policies/episode-E.pt, the policy each evaluation played (lecture checkpoint keys). Each
 evaluation plays the current policy greedily on --eval-episodes test-object and training-object
 episodes, with the same scenes every time (--eval-seed); the random policy is measured once the same
-way, as the line to beat. A call stops after --minutes and the next call continues where it stopped
+way, as the line to beat. A call stops after --minutes (or on Ctrl-C or a kill, which it passes on to
+the training) and the next call continues where it stopped
 (training resumes from its saved state, replay memory included), so a long run can be done in pieces. Every call redraws
 benchmarks/results/learning.png with all configurations.
 """
@@ -54,6 +55,14 @@ class OutOfTime(Exception):
     """This call's --minutes are spent; the next call goes on from here."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a batch scheduler's time limit): stopped as on Ctrl-C, the training saving its state."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.CompletedProcess:
     """Run a script until it ends or the deadline passes; then Ctrl-C it (training saves its state) or kill it.
 
@@ -71,7 +80,7 @@ def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.Comp
     except KeyboardInterrupt:  # the child has its own session: pass the Ctrl-C on, and wait for it
         stop(process, interrupt)
         raise
-    if process.returncode not in (0, 130):
+    if process.returncode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # stopped: its state is saved
         last = (stderr.strip().splitlines() or ["(no message)"])[-1]
         sys.exit(f"error: {Path(command[1]).name} exited with {process.returncode}: {last}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
@@ -250,6 +259,7 @@ def main() -> int:
         file.write((json.dumps({"train_flags": train_flags, **settings}, indent=1) + "\n").encode())
 
     status = 0
+    signal.signal(signal.SIGTERM, raise_terminated)  # a kill reaches this process only: stop the training cleanly
     try:
         done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(csv_path)}
         object_sets = ("test", "train") if args.objects == "both" else ("test",)
@@ -277,17 +287,21 @@ def main() -> int:
                        *train_flags, "--episodes", str(target)]
             if resume_path(folder / "policy_dqn.pt").exists():
                 command.append("--resume")
-            if run(command, deadline, interrupt=True).returncode == 130:  # the training was Ctrl-C'd on its own
+            returncode = run(command, deadline, interrupt=True).returncode
+            if returncode == 128 + signal.SIGINT:  # the training was stopped on its own, and saved its state
                 raise KeyboardInterrupt
+            if returncode == 128 + signal.SIGTERM:
+                raise Terminated
             if saved_state(folder)[0] < target:
                 print(f"{args.name}: training ended at episode {saved_state(folder)[0]}, before {target}: "
                       "its solve condition was met")
                 break
     except OutOfTime:
         print(f"{args.name}: out of time at episode {saved_state(folder)[0]}; call again to go on")
-    except KeyboardInterrupt:
-        print(f"{args.name}: interrupted at episode {saved_state(folder)[0]}; call again to go on", file=sys.stderr)
-        status = 130
+    except KeyboardInterrupt as stopped:
+        how = "terminated" if isinstance(stopped, Terminated) else "interrupted"
+        print(f"{args.name}: {how} at episode {saved_state(folder)[0]}; call again to go on", file=sys.stderr)
+        status = 128 + (signal.SIGTERM if isinstance(stopped, Terminated) else signal.SIGINT)
     names = sorted(p.parent.name for p in args.results.glob("*/learning.csv"))
     plot(args.results, args.results / "learning.png", names)
     plot(args.results, folder / "learning.png", [args.name])

@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,37 @@ def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
     assert "out of time at episode" in result.stdout and "call again to go on" in result.stdout
     state = load_checkpoint(resume_path(tmp_path / "tiny" / "policy_dqn.pt"), torch.device("cpu"), ("episode",))
     assert 0 < state["episode"] < 1000, "training ran, was stopped, and saved where it was"
+
+
+def test_a_kill_stops_the_benchmark_and_its_training_which_saves_its_state(tmp_path):
+    # The training runs in a session of its own, so a SIGTERM sent to the benchmark alone (`kill`, a batch
+    # scheduler) must be passed on, or the training would go on without it.
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "tiny", "--results",
+                                str(tmp_path), "--episodes", "1000", "--minutes", "5", "--eval-episodes", "1",
+                                "--eval-envs", "1", "--eval-device", "cpu", *TRAIN],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "tiny" / "logs").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # a few episodes in
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=150)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "terminated at episode" in stderr.strip().splitlines()[-1] and "call again to go on" in stderr
+    assert resume_path(tmp_path / "tiny" / "policy_dqn.pt").exists(), "the training saved its state"
+    assert not processes_naming(tmp_path), "no training process left behind"
+
+
+def processes_naming(folder: Path) -> list[str]:
+    """The ids of the processes whose command line names `folder` (Linux; none elsewhere)."""
+    found = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(folder).encode() in path.read_bytes():
+                found.append(path.parent.name)
+        except OSError:  # it ended while we looked
+            pass
+    return found
 
 
 def test_roc_auc_by_ranks_is_the_share_of_success_failure_pairs_in_order():
