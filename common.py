@@ -1020,7 +1020,9 @@ def optimize_model(
     if augment:
         state, next_state = random_shift(state), random_shift(next_state)
 
-    pose, next_pose = (None, None) if batch.pose is None else (pose_features(batch.pose), pose_features(batch.next_pose))
+    pose = next_pose = None
+    if batch.pose is not None:
+        pose, next_pose = pose_features(batch.pose), pose_features(batch.next_pose)
 
     with torch.no_grad():
         next_q = target_net(next_state, batch.next_timestep, next_pose)
