@@ -3,7 +3,7 @@
     python bullet_kuka_train.py                 # the lecture's run, best model in policy_dqn.pt
     python bullet_kuka_train.py --num-envs 8    # the same algorithm, 8 environments in parallel
     python bullet_kuka_train.py --resume        # continue from policy_dqn.resume.pt
-    python bullet_kuka_train.py --preset fast --num-envs 2    # the pose agent (pose_agent.py)
+    python bullet_kuka_train.py --preset fast --num-envs 2    # the pose agent (grasping/pose_agent.py)
 
 Saves the best policy (mean success over the last 100 episodes) to --checkpoint, keeps a
 resumable state next to it, and logs to TensorBoard under --logdir.
@@ -11,66 +11,34 @@ resumable state next to it, and logs to TensorBoard under --logdir.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import signal
 import sys
 import time
-import timeit
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.optim as optim
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from common import (
-    DQN,
-    NETWORKS,
-    DQNPolicy,
-    SCREEN_SIZE,
-    STOP_SIGNALS,
-    EnvPool,
-    EpisodeRecorder,
-    FrameStack,
-    Observation,
-    OneLineArgumentParser,
-    ReplayMemory,
-    UsageError,
-    WorkerError,
-    check_writable_folder,
-    display_problem,
-    epsilon_by_episode,
-    image_side,
-    load_checkpoint,
-    load_state,
-    make_env,
-    networks_state,
-    non_negative_int,
-    optimize_model,
-    positive_float,
-    positive_int,
-    probability,
-    report_errors,
-    resolve_device,
-    resume_path,
-    save_checkpoint,
-    seed_everything,
-    seed_int,
-    soft_update,
-    worker_seed,
-)
-from pose_agent import PoseAgent, agent_config
+from common import (DQN, MIN_IMAGE_SIZE, NETWORKS, SCREEN_SIZE, DQNPolicy, FrameStack, Observation, ReplayMemory,
+                    optimize_model, resolve_device, seed_everything, soft_update)
+from grasping.checkpoints import (check_writable_folder, load_checkpoint, load_state, networks_state, resume_path,
+                                  save_checkpoint)
+from grasping.cli import (OneLineArgumentParser, Terminated, UsageError, WorkerError, exit_status, non_negative_int,
+                          positive_float, positive_int, probability, raise_terminated, report_errors, seed_int)
+from grasping.environment import display_problem, make_env
+from grasping.pose_agent import PoseAgent, agent_config
+from grasping.rollouts import Policy, Rollouts
+from grasping.runlog import BEST_MODEL_AFTER_EPISODE, RESUMED_COUNTS, SOLVE_AFTER_EPISODE, RunLog
+from grasping.workers import EnvPool
 
-BEST_MODEL_AFTER_EPISODE = 100
-"""The best model is saved only once the mean covers more than this many episodes (lecture)."""
-SOLVE_AFTER_EPISODE = 200
-"""The solve condition is checked from this episode on (lecture)."""
-RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict",
-    "episode", "total_rewards", "best_mean_reward", "ten_rewards", "global_step", "logdir", "elapsed_seconds")
+RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict", *RESUMED_COUNTS)
+"""What a resumable state must hold (the replay memory is restored when it fits)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -99,14 +67,22 @@ def preset_flags(name: str) -> str:
     return " ".join(flags)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
-    parser = OneLineArgumentParser(description="Train the lecture's DQN on KukaDiverseObjectEnv (pybullet).")
+def image_side(text: str) -> int:
+    """argparse type: an image side in pixels that the lecture's convolutions can take, >= MIN_IMAGE_SIZE."""
+    value = int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels, got {text}")
+    return value
+
+
+def add_algorithm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The agent and the lecture's DQN hyperparameters."""
     parser.add_argument("--preset", choices=tuple(PRESETS), default="lecture",
                         help="defaults to start from: the lecture's; 'fast', the pose agent that learns fastest, "
                              f"which stands for {preset_flags('fast')}; or 'fast-dqn', the fastest-learning DQN "
                              f"measured, {preset_flags('fast-dqn')}; flags given here override them")
     parser.add_argument("--agent", choices=("dqn", "pose"), default="dqn",
-                        help="the lecture's DQN, or the pose agent (pose_agent.py), which scores the final poses the "
+                        help="the lecture's DQN, or the pose agent (grasping/pose_agent.py), which scores the final poses the "
                              "gripper can still reach on the episode's first frame and heads for the best; "
                              "the checkpoint records it")
     parser.add_argument("--episodes", type=positive_int, default=10**7,
@@ -132,6 +108,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                              "n >= --max-steps gives Monte Carlo returns")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                         help="random-shift augmentation of sampled states: pad 4 pixels, crop back at random")
+
+
+def add_input_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the network sees, exploration, and when and how much it learns."""
     parser.add_argument("--timestep-input", action=argparse.BooleanOptionalAction, default=False,
                         help="feed the episode's timestep to the network beside the frames (the slides' state); "
                              "the checkpoint records it, and the eval script rebuilds the network from the file")
@@ -174,6 +154,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                              "gradient steps per transition")
     parser.add_argument("--refit-epochs", type=positive_int, default=10,
                         help="--agent pose with --refit-every: passes over the memory in each refit")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Seeding, files, logging, and whether to resume."""
     parser.add_argument("--seed", type=seed_int, default=1, help="seed of the environments, the agent and torch")
     parser.add_argument("--checkpoint", type=Path, default=Path("policy_dqn.pt"),
                         help="best model file; the resumable state goes beside it as NAME.resume.pt")
@@ -189,6 +173,13 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                        help="continue from the resumable state beside --checkpoint instead of starting over")
     start.add_argument("--overwrite", action="store_true",
                        help="start over even if --checkpoint or its resumable state exists, replacing them")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = OneLineArgumentParser(description="Train the lecture's DQN on KukaDiverseObjectEnv (pybullet).")
+    add_algorithm_arguments(parser)
+    add_input_and_schedule_arguments(parser)
+    add_run_arguments(parser)
     defaults = {dest: parser.get_default(dest) for dest in (*DQN_ONLY, *POSE_ONLY, "updates_per_step")}
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
@@ -210,36 +201,22 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     return args
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a batch scheduler's time limit): the run stops and saves its state as on Ctrl-C."""
+def config_flags(config: dict[str, Any]) -> str:
+    """A checkpoint's network configuration as the training flags that give it."""
+    if config.get("agent") == "pose":
+        return f"--agent pose --image-size {config['image_size']} {'--rgb' if config['rgb'] else '--no-rgb'}"
+    switches = [f"--{'' if config[key] else 'no-'}{key.replace('_', '-')}"
+                for key in ("timestep_input", "first_frame_input", "pose_input")]
+    return " ".join((*switches, f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb",
+                     f"--network {config['network']}"))
 
 
-def raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def stop_signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back until the block ends, so that an episode is counted, logged and saved whole."""
-    received: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    for signum, handler in previous.items():
-        if handler is not signal.SIG_IGN:  # started with SIGINT ignored (nohup, a background job): keep it so
-            signal.signal(signum, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if received:
-            raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
 
 
 class DQNAgent:
-    """The lecture's learner: policy and target networks, Adam and the replay memory of transitions.
-
-    `Trainer` drives it, or the pose agent (pose_agent.PoseAgent) through the same methods.
-    """
+    """The lecture's learner: policy and target networks, Adam and the replay memory of transitions. It acts,
+    stores, learns and keeps its target network in step; the pose agent (grasping.pose_agent.PoseAgent) has
+    the same methods."""
 
     def __init__(self, args: argparse.Namespace, observation: Observation, n_actions: int, device: torch.device,
                  seed: int) -> None:
@@ -266,7 +243,7 @@ class DQNAgent:
     def act(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float) -> list[int]:
         return self.policy(states, indices, timesteps, epsilon)
 
-    def greedy_policy(self) -> Callable[[np.ndarray, list[int], list[int]], list[int]]:
+    def greedy_policy(self) -> Policy:
         return DQNPolicy(self.policy_net, self.n_actions)
 
     def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
@@ -274,25 +251,34 @@ class DQNAgent:
         self.memory.push(state, action, next_state, reward, stream)
 
     def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-        """One call of the lecture's optimize_model and the target sync by steps; nothing until the memory holds a
-        batch and --learning-starts transitions."""
+        """One call of the lecture's optimize_model; nothing until the memory holds a batch and --learning-starts
+        transitions."""
         args = self.args
         if len(self.memory) < args.learning_starts:
             return None
         result = optimize_model(self.policy_net, self.target_net, self.optimizer, self.memory, args.batch_size,
                                 args.gamma, n_step=args.n_step, double_dqn=args.double_dqn, augment=args.augment)
-        if result is None:
-            return None
-        self.gradient_steps += 1
-        if args.tau is not None:
-            soft_update(self.target_net, self.policy_net, args.tau)
-        elif args.target_update_steps is not None and self.gradient_steps % args.target_update_steps == 0:
-            self.target_net.load_state_dict(self.policy_net.state_dict())
+        if result is not None:
+            self.gradient_steps += 1
+            self.update_target()
         return result
 
     def episode_done(self, i_episode: int) -> None:
-        """The lecture's target sync, every --target-update episodes; it learns nothing itself."""
-        if i_episode % self.args.target_update == 0 and self.args.tau is None and self.args.target_update_steps is None:
+        """The end of episode `i_episode`: the lecture's target sync by episodes; it learns nothing itself."""
+        self.update_target(i_episode)
+
+    def update_target(self, i_episode: Optional[int] = None) -> None:
+        """The target network follows the policy network, after a gradient step (`i_episode` None) or an episode:
+        with --tau by Polyak averaging after every step; with --target-update-steps a copy every that many
+        steps; otherwise the lecture's copy every --target-update episodes."""
+        args = self.args
+        if args.tau is not None:
+            if i_episode is None:
+                soft_update(self.target_net, self.policy_net, args.tau)
+        elif args.target_update_steps is not None:
+            if i_episode is None and self.gradient_steps % args.target_update_steps == 0:
+                self.target_net.load_state_dict(self.policy_net.state_dict())
+        elif i_episode is not None and i_episode % args.target_update == 0:
             self.target_net.load_state_dict(self.policy_net.state_dict())
 
     def networks(self) -> dict[str, Any]:
@@ -313,229 +299,72 @@ def make_agent(args: argparse.Namespace, observation: Observation, n_actions: in
     return DQNAgent(args, observation, n_actions, device, seed)
 
 
-class Trainer:
-    """The lecture's bookkeeping around a learner (--agent): what happens as episodes end, whichever agent learns.
+def resume_agent(agent: DQNAgent | PoseAgent, resumed: dict[str, Any], state_path: Path,
+                 args: argparse.Namespace) -> str:
+    """Take over the networks, optimizer and replay memory of a resumable state saved by the same kind of run;
+    returns what became of the memory, for the "Resuming" line."""
+    saved_agent, saved_config = agent_config(resumed, state_path)
+    if saved_agent != args.agent:
+        raise UsageError(f"{state_path} was saved by a run with --agent {saved_agent}; resume it the same way")
+    if saved_config != agent.config:
+        raise UsageError(f"{state_path} was saved by a run with {config_flags(saved_config)}; resume it the same way")
+    agent.load(resumed, state_path)
+    for group in agent.optimizer.param_groups:
+        group["lr"] = args.lr
+    if resumed.get("replay_memory") is None:
+        return "replay memory starts empty: the state holds none"
+    try:
+        agent.memory.load_state_dict(resumed["replay_memory"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        return f"replay memory starts empty: {error}"
+    return f"replay memory restored: {len(agent.memory)} {'episodes' if args.agent == 'pose' else 'transitions'}"
 
-    Both loops below drive it, so an episode means the same whatever the number of environments:
-    epsilon follows the finished-episode count, and each finished episode is logged, may save the
-    best model, may sync the target network and may meet the solve condition, as in the lecture.
+
+class Trainer:
+    """The learner and the run's log as the loops drive them: act, store, learn as owed, end an episode.
+
+    An episode means the same whatever the number of environments: epsilon follows the finished-episode
+    count, and the learner owes --updates-per-step learning steps per transition collected.
     """
 
-    def __init__(self, args: argparse.Namespace, observation: Observation, n_actions: int, device: torch.device,
-                 seed: int, resumed: Optional[dict[str, Any]], state_path: Path) -> None:
-        self.args = args
-        self.clip_seed = worker_seed(seed, args.num_envs)  # not one of the training workers' seeds
-        self.clip_pool: Optional[EnvPool] = None  # started for the first clip
-        self.example_logged = False
-        self.observation = observation
-        self.agent = make_agent(args, observation, n_actions, device, seed)
-
-        self.completed = 0
-        self.total_rewards: list[float] = []
-        self.best_mean_reward: Optional[float] = None
-        self.ten_rewards = 0.0
-        self.global_step = 0
-        self.earlier_seconds = 0.0
-        if resumed:
-            saved_agent, saved_config = agent_config(resumed, state_path)
-            if saved_agent != args.agent:
-                raise UsageError(f"{state_path} was saved by a run with --agent {saved_agent}; resume it the same way")
-            if saved_config != self.agent.config:
-                raise UsageError(f"{state_path} was saved by a run with {config_flags(saved_config)}; "
-                                 "resume it the same way")
-            self.agent.load(resumed, state_path)
-            for group in self.agent.optimizer.param_groups:
-                group["lr"] = args.lr
-            self.completed = resumed["episode"]
-            self.total_rewards = list(resumed["total_rewards"])
-            self.best_mean_reward = resumed["best_mean_reward"]
-            self.ten_rewards = resumed["ten_rewards"]
-            self.global_step = resumed["global_step"]
-            self.earlier_seconds = resumed["elapsed_seconds"]
-            self.memory_note = self._restore_memory(resumed.get("replay_memory"))
-        self.start_episode = self.completed
-        self.mean_reward = float(np.mean(self.total_rewards[-100:]) * 100) if self.total_rewards else 0.0
-        self.solved = False
-
-        # This run's counts, for throughput and for the gradient steps owed to the learner.
-        self.transitions = 0
-        self.optimize_calls = 0
-        self.losses: list[torch.Tensor] = []
-        self.q_values: list[torch.Tensor] = []
-
-        self.writer = SummaryWriter(str(args.logdir))
-        self.writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-        )
-        self.progress = tqdm(total=args.episodes, initial=self.completed, unit="ep", disable=None, dynamic_ncols=True)
-        self.start_time = timeit.default_timer()
-
-    def _restore_memory(self, saved: Optional[dict[str, Any]]) -> str:
-        """Refill the replay memory from a resumed state, when it fits this run's --memory and --num-envs."""
-        if saved is None:
-            return "replay memory starts empty: the state holds none"
-        try:
-            self.agent.memory.load_state_dict(saved)
-        except (ValueError, KeyError, TypeError, RuntimeError) as error:
-            return f"replay memory starts empty: {error}"
-        unit = "episodes" if self.args.agent == "pose" else "transitions"
-        return f"replay memory restored: {len(self.agent.memory)} {unit}"
-
-    def log_example_screen(self, frame: np.ndarray) -> None:
-        """The lecture's "Example extracted screen": the first frame the network sees in this run, logged once."""
-        if not self.example_logged:
-            image = frame.reshape(-1, *frame.shape[-2:])  # a grayscale frame gets its one channel
-            self.writer.add_image("example_extracted_screen", image, self.completed, dataformats="CHW")
-            self.example_logged = True
-
-    def log_greedy_episode(self) -> None:
-        """An image strip of one greedy episode on test objects, played by a worker of its own.
-
-        A separate process keeps the training environments' scenes and random draws as they were.
-        """
-        if self.clip_pool is None:
-            self.clip_pool = EnvPool(1, self.clip_seed, is_test=True, max_steps=self.args.max_steps,
-                                     observation=self.observation)
-        recorder = record_greedy_episode(self.clip_pool, self.agent.greedy_policy())
-        self.writer.add_image("greedy_episode_test_objects", recorder.strip(), self.completed - 1, dataformats="HWC")
+    def __init__(self, agent: DQNAgent | PoseAgent, log: RunLog, observation: Observation,
+                 updates_per_step: float) -> None:
+        self.agent, self.log, self.observation, self.updates_per_step = agent, log, observation, updates_per_step
+        self.learn_calls = 0
 
     @property
     def finished(self) -> bool:
-        return self.solved or self.completed >= self.args.episodes
-
-    def epsilon(self) -> float:
-        return epsilon_by_episode(self.completed, self.args.eps_start, self.args.eps_end, self.args.eps_decay_last_frame)
+        return self.log.finished
 
     def act(self, states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
-        """Epsilon-greedy actions for a batch of states of these environments at these timesteps of their
-        episodes, one forward pass."""
-        return self.agent.act(states, indices, timesteps, self.epsilon())
+        """Epsilon-greedy actions for these environments' states at these timesteps, one forward pass."""
+        return self.agent.act(states, indices, timesteps, self.log.epsilon())
 
     def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
               stream: int = 0) -> None:
         self.agent.store(state, action, next_state, reward, stream)
-        self.transitions += 1
-        self.global_step += 1
+        self.log.transition()
 
     def owed(self) -> int:
-        """Learning steps due for the transitions collected so far (--updates-per-step each)."""
-        return int(self.transitions * self.args.updates_per_step + 1e-9) - self.optimize_calls
+        """Learning steps due for the transitions collected so far."""
+        return int(self.log.transitions * self.updates_per_step + 1e-9) - self.learn_calls
 
     def learn(self) -> None:
         """One learning step of the agent; it does nothing until its memory holds enough."""
-        self.optimize_calls += 1
-        self.record(self.agent.learn())
-
-    def record(self, result: Optional[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """A learning step's (loss, mean Q), logged when the episode in progress ends."""
-        if result is not None:
-            self.losses.append(result[0])
-            self.q_values.append(result[1])
-
-    def seconds(self) -> float:
-        return timeit.default_timer() - self.start_time
+        self.learn_calls += 1
+        self.log.record(self.agent.learn())
 
     def end_episode(self, reward: float, length: int) -> None:
-        """The lecture's end of an episode: log it, save the best model, sync the target, check for solved."""
-        with stop_signals_deferred():
-            self._end_episode(reward, length)
-        if self.args.clip_every and self.completed % self.args.clip_every == 0:
-            self.log_greedy_episode()
-
-    def _end_episode(self, reward: float, length: int) -> None:
-        args, writer, i_episode = self.args, self.writer, self.completed
-        epsilon = self.epsilon()
-        self.ten_rewards += reward
-        self.total_rewards.append(float(reward))
-        self.completed += 1
-        self.mean_reward = mean_reward = float(np.mean(self.total_rewards[-100:]) * 100)
-        steps_per_second = self.transitions / self.seconds()
-        writer.add_scalar("epsilon", epsilon, i_episode)
-        writer.add_scalar("success_rate_last_100", mean_reward, i_episode)
-        writer.add_scalar("episode_length", length, i_episode)
-        writer.add_scalar("steps_per_second", steps_per_second, i_episode)
-
-        if (self.best_mean_reward is None or self.best_mean_reward < mean_reward) \
-                and i_episode > BEST_MODEL_AFTER_EPISODE:
-            save_checkpoint(args.checkpoint, {**self.networks(), "episode": i_episode, "mean_reward": mean_reward})
-            if self.best_mean_reward is not None:
-                tqdm.write("Best mean reward updated %.1f -> %.1f, model saved" % (self.best_mean_reward, mean_reward))
-            self.best_mean_reward = mean_reward
-
-        if (i_episode + 1) % 10 == 0:
-            writer.add_scalar("ten episodes average rewards", self.ten_rewards / 10.0, i_episode)
-            self.ten_rewards = 0.0
-        self.record(self.agent.episode_done(i_episode))  # a refit's loss is logged with the episode it follows
-        if self.losses:
-            writer.add_scalar("loss", torch.stack(self.losses).mean().item(), i_episode)
-            writer.add_scalar("mean_q", torch.stack(self.q_values).mean().item(), i_episode)
-            self.losses, self.q_values = [], []
-
-        self.progress.update(1)
-        self.progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
-        if i_episode >= SOLVE_AFTER_EPISODE and mean_reward > args.solve_score:
-            self.solved = True
-
-    def networks(self) -> dict[str, Any]:
-        return self.agent.networks()
-
-    def close(self) -> dict[str, Any]:
-        """Stop the clip worker, flush the logs and return the resumable state."""
-        if self.clip_pool is not None:
-            self.clip_pool.close()
-        self.progress.close()
-        self.writer.close()
-        return {
-            **self.networks(),
-            "episode": self.completed,
-            "total_rewards": self.total_rewards[-100:],
-            "best_mean_reward": self.best_mean_reward,
-            "ten_rewards": self.ten_rewards,
-            "global_step": self.global_step,
-            "logdir": str(self.args.logdir),
-            "elapsed_seconds": self.earlier_seconds + self.seconds(),
-            "replay_memory": self.agent.memory.state_dict(),
-        }
+        self.log.end_episode(reward, length)
 
 
-def config_flags(config: dict[str, Any]) -> str:
-    """A checkpoint's network configuration as the training flags that give it."""
-    if config.get("agent") == "pose":
-        return f"--agent pose --image-size {config['image_size']} {'--rgb' if config['rgb'] else '--no-rgb'}"
-    switches = [f"--{'' if config[key] else 'no-'}{key.replace('_', '-')}"
-                for key in ("timestep_input", "first_frame_input", "pose_input")]
-    return " ".join((*switches, f"--image-size {config['image_size']}", "--rgb" if config["rgb"] else "--no-rgb",
-                     f"--network {config['network']}"))
-
-
-def record_greedy_episode(pool: EnvPool, policy: Callable[[np.ndarray, list[int], list[int]], list[int]]
-                          ) -> EpisodeRecorder:
-    """One greedy episode in worker 0 of `pool`, the scene recorded at 192x192 beside the network's frames."""
-    recorder = EpisodeRecorder(size=192)
-    pool.reset(0)
-    [(_, frame, _, _)] = pool.results()
-    stack = FrameStack()
-    state = stack.reset(frame)
-    recorder.start(pool.scene(0, recorder.size), frame)
-    step, done = 0, False
-    while not done:
-        action = policy(state[None], [0], [step])[0]
-        pool.step(0, action)
-        [(_, frame, reward, done)] = pool.results()
-        step += 1
-        recorder.step(pool.scene(0, recorder.size), frame, step, action, reward, done)
-        state = stack.push(frame)
-    return recorder
-
-
-def run_lecture_loop(trainer: Trainer, env: Any) -> None:
+def run_lecture_loop(trainer: Trainer, env: Any, max_steps: int) -> None:
     """--num-envs 1: the lecture's loop in this process: act, step, store, learn, and so on to the episode's end."""
     while not trainer.finished:
         frames = FrameStack()
         state = frames.reset(trainer.observation.preprocess(env.reset()))
-        trainer.log_example_screen(state[-1])
-        for t in range(1, trainer.args.max_steps + 1):
+        trainer.log.example_screen(state[-1])
+        for t in range(1, max_steps + 1):
             action = trainer.act(state[None], [0], [t - 1])[0]
             obs, reward, done, _ = env.step(action)
             next_state = None if done else frames.push(trainer.observation.preprocess(obs))
@@ -555,50 +384,26 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
     forward pass. Learning yields to the workers, but never falls more than one gradient step
     per worker behind --updates-per-step.
     """
-    n = pool.num_envs
-    stacks = [FrameStack() for _ in range(n)]
-    states: list[Optional[np.ndarray]] = [None] * n  # None: the worker is resetting
-    actions = [0] * n
-    lengths = [0] * n
-    for index in range(n):
-        pool.reset(index)
+    rollouts = Rollouts(pool)
     while not trainer.finished:
-        waiting = []
-        for index, frame, reward, done in pool.results():
-            if states[index] is None:
-                states[index] = stacks[index].reset(frame)
-                trainer.log_example_screen(frame)
-                waiting.append(index)
+        for step in rollouts.steps():
+            if step.action is None:  # an episode's first frame
+                trainer.log.example_screen(step.frame)
                 continue
-            next_state = None if done else stacks[index].push(frame)
-            trainer.store(states[index], actions[index], next_state, reward, stream=index)
-            states[index] = next_state
-            lengths[index] += 1
-            if done:
-                trainer.end_episode(reward, lengths[index])
-                lengths[index] = 0
+            trainer.store(step.state, step.action, step.next_state, step.reward, stream=step.env)
+            if step.done:
+                trainer.end_episode(step.reward, len(step.actions))
                 if trainer.finished:
                     return
-                pool.reset(index)
-            else:
-                waiting.append(index)
-        if waiting:
-            chosen = trainer.act(np.stack([states[i] for i in waiting]), waiting, [lengths[i] for i in waiting])
-            for index, action in zip(waiting, chosen):
-                actions[index] = action
-                pool.step(index, action)
-        while (owed := trainer.owed()) > 0 and (owed > n or not pool.poll()):
+        rollouts.act(trainer.act)
+        while (owed := trainer.owed()) > 0 and (owed > pool.num_envs or not pool.poll()):
             trainer.learn()
 
 
-def train(args: argparse.Namespace) -> int:
-    checkpoint_path: Path = args.checkpoint
-    state_path = resume_path(checkpoint_path)
-    device = resolve_device(args.device)
-    if args.render and (problem := display_problem()):
-        raise UsageError(f"--render: {problem}; train without it and watch the logged episodes in TensorBoard")
-
-    # The run's starting point: a fresh run never replaces an existing file silently.
+def starting_point(args: argparse.Namespace, device: torch.device) -> Optional[dict[str, Any]]:
+    """The resumable state to continue from (None: a new run); a new run never replaces a file silently. Sets
+    the run's --logdir if not given, and checks that both folders can be written."""
+    state_path = resume_path(args.checkpoint)
     resumed: Optional[dict[str, Any]] = None
     if args.resume:
         resumed = load_checkpoint(state_path, device, RESUME_KEYS)
@@ -606,20 +411,54 @@ def train(args: argparse.Namespace) -> int:
             raise UsageError(f"--episodes {args.episodes}: {state_path} is already at episode "
                              f"{resumed['episode']}; pass a larger --episodes to continue")
     elif not args.overwrite:
-        for existing in (checkpoint_path, state_path):
+        for existing in (args.checkpoint, state_path):
             if existing.exists():
                 raise UsageError(f"{existing} exists: pass --resume to continue that run, another --checkpoint, "
                                  "or --overwrite to replace it")
-    start_episode = resumed["episode"] if resumed else 0
     if args.logdir is None:
         args.logdir = Path(resumed["logdir"]) if resumed else Path("runs") / f"kuka_dqn_{args.seed}_{int(time.time())}"
-    check_writable_folder(checkpoint_path.parent, "--checkpoint")
+    check_writable_folder(args.checkpoint.parent, "--checkpoint")
     check_writable_folder(args.logdir, "--logdir")
+    return resumed
+
+
+@dataclass
+class TrainingRun:
+    """What a call of `train` did, for the lines printed at its end and for the benchmarks."""
+
+    start_episode: int
+    completed: int
+    """Episodes finished in all, resumed ones included."""
+    mean_reward: float
+    solved: bool
+    seconds: float
+    """Seconds this process trained, once the environments were up."""
+    elapsed_seconds: float
+    """Seconds of training in all, resumed pieces included."""
+    transitions: int
+    gradient_steps: int
+    state_path: Path
+    stop: Optional[KeyboardInterrupt] = None
+    failure: Optional[WorkerError] = None
+
+    @property
+    def episodes_per_second(self) -> float:
+        return (self.completed - self.start_episode) / self.seconds
+
+
+def train(args: argparse.Namespace) -> TrainingRun:
+    """Train as the flags say, until --episodes, the solve condition, Ctrl-C, SIGTERM or a failed worker; the
+    resumable state is saved in every case."""
+    device = resolve_device(args.device)
+    if args.render and (problem := display_problem()):
+        raise UsageError(f"--render: {problem}; train without it and watch the logged episodes in TensorBoard")
+    resumed = starting_point(args, device)
+    state_path = resume_path(args.checkpoint)
 
     # Seeding: the environments draw objects from their process's global generators; the agent has
     # its own, so the scenes a seed produces do not depend on the agent's choices. A resumed run
     # reseeds with its episode so that it does not replay the first episodes' scenes.
-    seed = args.seed + start_episode
+    seed = args.seed + (resumed["episode"] if resumed else 0)
     seed_everything(seed)
     observation = Observation(args.image_size, args.rgb)
     if args.num_envs == 1:
@@ -631,18 +470,24 @@ def train(args: argparse.Namespace) -> int:
         env = EnvPool(args.num_envs, seed, is_test=False, max_steps=args.max_steps, observation=observation)
         n_actions = env.n_actions
     try:
-        trainer = Trainer(args, observation, n_actions, device, seed, resumed, state_path)
+        agent = make_agent(args, observation, n_actions, device, seed)
+        memory_note = resume_agent(agent, resumed, state_path, args) if resumed else ""
+        log = RunLog(args, observation, seed, resumed, agent.networks, agent.episode_done, agent.greedy_policy)
     except BaseException:
         env.close()
         raise
     if resumed:
-        tqdm.write(f"Resuming from {state_path} at episode {start_episode} ({trainer.memory_note})")
+        tqdm.write(f"Resuming from {state_path} at episode {log.start_episode} ({memory_note})")
+    return run_to_the_end(Trainer(agent, log, observation, args.updates_per_step), env, args, state_path)
 
-    failure: Optional[WorkerError] = None
+
+def run_to_the_end(trainer: Trainer, env: Any, args: argparse.Namespace, state_path: Path) -> TrainingRun:
+    """Run the loop; whatever stops it, close the environments and save the resumable state."""
     stop: Optional[KeyboardInterrupt] = None
+    failure: Optional[WorkerError] = None
     try:
         if args.num_envs == 1:
-            run_lecture_loop(trainer, env)
+            run_lecture_loop(trainer, env, args.max_steps)
         else:
             run_parallel_loop(trainer, env)
     except KeyboardInterrupt as signalled:  # Ctrl-C or SIGTERM
@@ -650,39 +495,43 @@ def train(args: argparse.Namespace) -> int:
     except WorkerError as error:
         failure = error
     finally:
-        seconds = trainer.seconds()
+        log, agent = trainer.log, trainer.agent
+        seconds = log.seconds()
         env.close()
-        resumable = trainer.close()
-        save_checkpoint(state_path, resumable)
+        counts = log.close()
+        save_checkpoint(state_path, {**agent.networks(), **counts, "replay_memory": agent.memory.state_dict()})
+    return TrainingRun(log.start_episode, log.completed, log.mean_reward, log.solved, seconds,
+                       counts["elapsed_seconds"], log.transitions, agent.gradient_steps, state_path, stop, failure)
 
-    completed, mean_reward = trainer.completed, trainer.mean_reward
-    if trainer.solved:
-        print("Environment solved in {:d} episodes!\tAverage Score: {:.2f}".format(completed, mean_reward))
-        print("Average Score: {:.2f}".format(mean_reward))
-    elif stop is not None:
-        how = "Terminated" if isinstance(stop, Terminated) else "Interrupted"
-        print(f"{how} after {completed} episodes: state saved to {state_path}; continue with --resume")
-    if not checkpoint_path.exists():
+
+def report(run: TrainingRun, args: argparse.Namespace) -> int:
+    """The lecture's closing lines and the throughput; returns the exit status."""
+    if run.solved:
+        print("Environment solved in {:d} episodes!\tAverage Score: {:.2f}".format(run.completed, run.mean_reward))
+        print("Average Score: {:.2f}".format(run.mean_reward))
+    elif run.stop is not None:
+        how = "Terminated" if isinstance(run.stop, Terminated) else "Interrupted"
+        print(f"{how} after {run.completed} episodes: state saved to {run.state_path}; continue with --resume")
+    if not args.checkpoint.exists():
         print(f"No best model saved yet (that starts after episode {BEST_MODEL_AFTER_EPISODE}); "
-              f"the last policy is in {state_path}")
-    print("Elapsed time: {}".format(timedelta(seconds=resumable["elapsed_seconds"])))
-    print(f"Throughput: {(completed - trainer.start_episode) / seconds:.3f} episodes/s, "
-          f"{trainer.transitions / seconds:.2f} env steps/s, "
-          f"{trainer.agent.gradient_steps / seconds:.2f} gradient steps/s "
+              f"the last policy is in {run.state_path}")
+    print("Elapsed time: {}".format(timedelta(seconds=run.elapsed_seconds)))
+    print(f"Throughput: {run.episodes_per_second:.3f} episodes/s, "
+          f"{run.transitions / run.seconds:.2f} env steps/s, "
+          f"{run.gradient_steps / run.seconds:.2f} gradient steps/s "
           f"with {args.num_envs} environment{'s' if args.num_envs > 1 else ''}")
-    if failure is not None:
-        print(f"error: {failure}; the run's state is saved in {state_path}: continue with --resume", file=sys.stderr)
+    if run.failure is not None:
+        print(f"error: {run.failure}; the run's state is saved in {run.state_path}: continue with --resume",
+              file=sys.stderr)
         return 1
-    if stop is not None:
-        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
-    return 0
+    return exit_status(run.stop) if run.stop is not None else 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        return report_errors(lambda: train(args))
+        return report_errors(lambda: report(train(args), args))
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -18,7 +18,8 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
 
-from common import OneLineArgumentParser, UsageError, atomic_write, check_writable_folder, report_errors  # noqa: E402
+from grasping.checkpoints import atomic_write, check_writable_folder  # noqa: E402
+from grasping.cli import OneLineArgumentParser, UsageError, report_errors  # noqa: E402
 
 CURVES = (("success_rate_last_100", "success over the last 100 episodes (%)"), ("epsilon", "epsilon"))
 """The scalars plotted, as bullet_kuka_train.py logs them against the episode number, and their axis labels."""

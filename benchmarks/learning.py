@@ -11,7 +11,7 @@ policies/episode-E.pt, the policy each evaluation played (lecture checkpoint key
 evaluation plays the current policy greedily on --eval-episodes test-object and training-object
 episodes, with the same scenes every time (--eval-seed); the random policy is measured once the same
 way, as the line to beat. A call stops after --minutes (or on Ctrl-C or a kill, which it passes on to
-the training) and the next call continues where it stopped
+the training; an evaluation under way is finished first) and the next call continues where it stopped
 (training resumes from its saved state, replay memory included), so a long run can be done in pieces. Every call redraws
 benchmarks/results/learning.png with all configurations.
 """
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import timeit
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -37,11 +38,12 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import (CHECKPOINT_KEYS, OneLineArgumentParser, atomic_write, positive_int, resume_path,  # noqa: E402
-                    save_checkpoint, wilson_interval)
+from common import resolve_device  # noqa: E402
+from grasping.checkpoints import CHECKPOINT_KEYS, atomic_write, resume_path, save_checkpoint  # noqa: E402
+from grasping.cli import OneLineArgumentParser, Terminated, exit_status, positive_int, raise_terminated  # noqa: E402
+from grasping.evaluation import Evaluation, evaluate  # noqa: E402
 
 FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
-SUCCESS_LINE = re.compile(r"Success rate: (\d+)/(\d+) = ")
 
 
 RUN_SETTINGS = {"episodes": 3000, "eval_every": 250, "eval_episodes": 100, "eval_seed": 1000,
@@ -55,16 +57,9 @@ class OutOfTime(Exception):
     """This call's --minutes are spent; the next call goes on from here."""
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a batch scheduler's time limit): stopped as on Ctrl-C, the training saving its state."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.CompletedProcess:
-    """Run a script until it ends or the deadline passes; then Ctrl-C it (training saves its state) or kill it.
+def run_training(command: list[str], deadline: float) -> int:
+    """Run the training script until it ends or the deadline passes, then Ctrl-C it (it saves its state); its
+    exit status.
 
     The child gets SIGINT's default action even if this process was started with it ignored
     (nohup, a background job), or the Ctrl-C would not reach it.
@@ -73,22 +68,22 @@ def run(command: list[str], deadline: float, interrupt: bool) -> subprocess.Comp
                                start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        stdout, stderr = process.communicate(timeout=max(1.0, deadline - timeit.default_timer()))
+        _, stderr = process.communicate(timeout=max(1.0, deadline - timeit.default_timer()))
     except subprocess.TimeoutExpired:
-        stop(process, interrupt)
+        stop(process)
         raise OutOfTime from None
     except KeyboardInterrupt:  # the child has its own session: pass the Ctrl-C on, and wait for it
-        stop(process, interrupt)
+        stop(process)
         raise
     if process.returncode not in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM):  # stopped: its state is saved
         last = (stderr.strip().splitlines() or ["(no message)"])[-1]
         sys.exit(f"error: {Path(command[1]).name} exited with {process.returncode}: {last}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    return process.returncode
 
 
-def stop(process: subprocess.Popen, interrupt: bool) -> None:
-    """Ctrl-C the child's session (training saves its state) or kill it; kill it if it has not ended in 120 s."""
-    os.killpg(process.pid, signal.SIGINT if interrupt else signal.SIGKILL)
+def stop(process: subprocess.Popen) -> None:
+    """Ctrl-C the child's session (training saves its state); kill it if it has not ended in 120 s."""
+    os.killpg(process.pid, signal.SIGINT)
     try:
         process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -116,18 +111,23 @@ def snapshot(folder: Path, episode: int) -> Path:
     return path
 
 
-def evaluate(checkpoint: Path, policy: str, objects: str, args: argparse.Namespace, deadline: float,
-             episode: int = 0, seconds: float = 0.0) -> dict:
-    """One evaluation as a CSV row; `episode` and `seconds` are the training done so far (0 for the random policy)."""
-    command = [sys.executable, str(ROOT / "bullet_kuka_eval.py"), "--policy", policy, "--objects", objects,
-               "--episodes", str(args.eval_episodes), "--seed", str(args.eval_seed), "--num-envs", str(args.eval_envs),
-               "--device", args.eval_device, "--checkpoint", str(checkpoint)]
-    match = SUCCESS_LINE.search(run(command, deadline, interrupt=False).stdout)
-    successes, episodes = int(match.group(1)), int(match.group(2))
-    low, high = wilson_interval(successes, episodes)
+def evaluation_row(result: Evaluation, policy: str, objects: str, episode: int = 0, seconds: float = 0.0) -> dict:
+    """An evaluation as a CSV row; `episode` and `seconds` are the training done so far (0 for the random policy)."""
+    low, high = result.interval
     return {"episode": episode, "train_seconds": round(seconds, 1), "policy": policy, "objects": objects,
-            "successes": successes, "episodes": episodes, "rate": successes / episodes,
+            "successes": result.successes, "episodes": result.episodes, "rate": result.successes / result.episodes,
             "ci_low": round(low, 4), "ci_high": round(high, 4)}
+
+
+def measure(checkpoint: Optional[Path], objects: str, args: argparse.Namespace, deadline: float, episode: int = 0,
+            seconds: float = 0.0) -> dict:
+    """A checkpoint's greedy policy (None: the random policy) on the configuration's evaluation scenes, as a CSV
+    row; not started once the call's minutes are spent."""
+    if timeit.default_timer() > deadline:
+        raise OutOfTime
+    result = evaluate(checkpoint, args.eval_episodes, objects == "test", args.eval_seed, args.eval_envs,
+                      resolve_device(args.eval_device))
+    return evaluation_row(result, "greedy" if checkpoint else "random", objects, episode, seconds)
 
 
 def read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
@@ -205,7 +205,9 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
     plt.close(figure)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """This script's flags, completed from (and written back to) the configuration's config.json; the training
+    flags in `train_flags`, its folder in `folder`."""
     argv = sys.argv[1:]
     train_flags = argv[argv.index("--") + 1:] if "--" in argv else None
     own = argv[:argv.index("--")] if "--" in argv else argv
@@ -239,10 +241,9 @@ def main() -> int:
     for other in args.plot_with:
         if not (args.results / other / "learning.csv").exists():
             parser.error(f"argument --plot-with: {args.results / other / 'learning.csv'} does not exist")
-    deadline = timeit.default_timer() + 60 * args.minutes
     folder = args.results / args.name
     folder.mkdir(parents=True, exist_ok=True)
-    config_path, csv_path = folder / "config.json", folder / "learning.csv"
+    config_path = folder / "config.json"
     config = read_config(config_path, parser) if config_path.exists() else {"train_flags": train_flags or []}
     if train_flags is not None and train_flags != config["train_flags"]:
         parser.error(f"{config_path} holds training flags {config['train_flags']}; pass the same, none, or another "
@@ -257,56 +258,80 @@ def main() -> int:
     with atomic_write(config_path) as file:  # rewritten by every call: never left half-written
         settings = {key: getattr(args, key) for key in RUN_SETTINGS}
         file.write((json.dumps({"train_flags": train_flags, **settings}, indent=1) + "\n").encode())
+    args.train_flags, args.folder = train_flags, folder
+    return args
 
+
+def evaluate_due(args: argparse.Namespace, done: set, deadline: float) -> None:
+    """The evaluations owed to the saved state: the random policy's once, the current policy's at every
+    --eval-every episodes and at the end; each appended to learning.csv as it is measured."""
+    csv_path = args.folder / "learning.csv"
+    object_sets = ("test", "train") if args.objects == "both" else ("test",)
+    for objects in object_sets:
+        if ("random", objects, 0) not in done:
+            append_row(csv_path, measure(None, objects, args, deadline))
+            done.add(("random", objects, 0))
+    episode, seconds = saved_state(args.folder)
+    if episode > 0 and (episode % args.eval_every == 0 or episode >= args.episodes):
+        for objects in object_sets:
+            if ("greedy", objects, episode) not in done:
+                row = measure(snapshot(args.folder, episode), objects, args, deadline, episode, seconds)
+                append_row(csv_path, row)
+                done.add(("greedy", objects, episode))
+                print(f"{args.name}: episode {episode}, {objects} objects: {row['successes']}/"
+                      f"{row['episodes']} ({100 * row['rate']:.0f}%)", flush=True)
+
+
+def train_to(target: int, args: argparse.Namespace, deadline: float) -> None:
+    """Train (or resume) the configuration up to episode `target`; a training stopped by a signal is passed on."""
+    folder = args.folder
+    command = [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--solve-score", "101",
+               "--checkpoint", str(folder / "policy_dqn.pt"), "--logdir", str(folder / "logs"),
+               *args.train_flags, "--episodes", str(target)]
+    if resume_path(folder / "policy_dqn.pt").exists():
+        command.append("--resume")
+    returncode = run_training(command, deadline)
+    if returncode == 128 + signal.SIGINT:  # the training was stopped on its own, and saved its state
+        raise KeyboardInterrupt
+    if returncode == 128 + signal.SIGTERM:
+        raise Terminated
+
+
+def run(args: argparse.Namespace, deadline: float) -> None:
+    """Evaluate what is owed, train to the next evaluation, and so on, until --episodes or the solve condition."""
+    done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(args.folder / "learning.csv")}
+    while True:
+        evaluate_due(args, done, deadline)
+        episode = saved_state(args.folder)[0]
+        if episode >= args.episodes:
+            print(f"{args.name}: all {args.episodes} episodes trained and evaluated")
+            return
+        target = min(args.episodes, (episode // args.eval_every + 1) * args.eval_every)
+        train_to(target, args, deadline)
+        if saved_state(args.folder)[0] < target:
+            print(f"{args.name}: training ended at episode {saved_state(args.folder)[0]}, before {target}: "
+                  "its solve condition was met")
+            return
+
+
+def main() -> int:
+    args = parse_args()
+    deadline = timeit.default_timer() + 60 * args.minutes
     status = 0
     signal.signal(signal.SIGTERM, raise_terminated)  # a kill reaches this process only: stop the training cleanly
     try:
-        done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(csv_path)}
-        object_sets = ("test", "train") if args.objects == "both" else ("test",)
-        for objects in object_sets:
-            if ("random", objects, 0) not in done:
-                append_row(csv_path, evaluate(resume_path(folder / "policy_dqn.pt"), "random", objects, args,
-                                              deadline))
-        while True:
-            episode, seconds = saved_state(folder)
-            if episode > 0 and (episode % args.eval_every == 0 or episode >= args.episodes):
-                for objects in object_sets:
-                    if ("greedy", objects, episode) not in done:
-                        row = evaluate(snapshot(folder, episode), "greedy", objects, args, deadline, episode,
-                                       seconds)
-                        append_row(csv_path, row)
-                        done.add(("greedy", objects, episode))
-                        print(f"{args.name}: episode {episode}, {objects} objects: {row['successes']}/"
-                              f"{row['episodes']} ({100 * row['rate']:.0f}%)", flush=True)
-            if episode >= args.episodes:
-                print(f"{args.name}: all {args.episodes} episodes trained and evaluated")
-                break
-            target = min(args.episodes, (episode // args.eval_every + 1) * args.eval_every)
-            command = [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--solve-score", "101",
-                       "--checkpoint", str(folder / "policy_dqn.pt"), "--logdir", str(folder / "logs"),
-                       *train_flags, "--episodes", str(target)]
-            if resume_path(folder / "policy_dqn.pt").exists():
-                command.append("--resume")
-            returncode = run(command, deadline, interrupt=True).returncode
-            if returncode == 128 + signal.SIGINT:  # the training was stopped on its own, and saved its state
-                raise KeyboardInterrupt
-            if returncode == 128 + signal.SIGTERM:
-                raise Terminated
-            if saved_state(folder)[0] < target:
-                print(f"{args.name}: training ended at episode {saved_state(folder)[0]}, before {target}: "
-                      "its solve condition was met")
-                break
+        run(args, deadline)
     except OutOfTime:
-        print(f"{args.name}: out of time at episode {saved_state(folder)[0]}; call again to go on")
+        print(f"{args.name}: out of time at episode {saved_state(args.folder)[0]}; call again to go on")
     except KeyboardInterrupt as stopped:
         how = "terminated" if isinstance(stopped, Terminated) else "interrupted"
-        print(f"{args.name}: {how} at episode {saved_state(folder)[0]}; call again to go on", file=sys.stderr)
-        status = 128 + (signal.SIGTERM if isinstance(stopped, Terminated) else signal.SIGINT)
+        print(f"{args.name}: {how} at episode {saved_state(args.folder)[0]}; call again to go on", file=sys.stderr)
+        status = exit_status(stopped)
     names = sorted(p.parent.name for p in args.results.glob("*/learning.csv"))
     plot(args.results, args.results / "learning.png", names)
-    plot(args.results, folder / "learning.png", [args.name])
+    plot(args.results, args.folder / "learning.png", [args.name])
     if args.plot_with:
-        plot(args.results, folder / "comparison.png", [args.name, *args.plot_with])
+        plot(args.results, args.folder / "comparison.png", [args.name, *args.plot_with])
     return status
 
 

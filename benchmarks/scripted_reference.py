@@ -6,7 +6,7 @@
 At the start of each episode it asks the simulator where the objects are, takes the one nearest to the
 gripper among those within the arm's reach (kuka.py's clamps, with a margin of one step), and heads for the
 final commanded pose nearest to it with the gripper unturned: the angle is ignored. It moves with the pose
-agent's lattice (pose_agent.PoseLattice), so it reaches that pose as the pose agent would reach its choice.
+agent's lattice (grasping.pose_agent.PoseLattice), so it reaches that pose as the pose agent would reach its choice.
 A learned policy that sees only the camera should beat it. The episodes are shared out over the workers as
 the evaluation script shares them, so with the same --seed and --num-envs they are the learning benchmark's
 scenes. Writes OUT/learning.csv, one row in the learning benchmark's format (policy "scripted"), so that its
@@ -23,12 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bullet_kuka_eval import run_episodes_in_parallel  # noqa: E402
-from common import (EnvPool, OneLineArgumentParser, positive_int, report_errors, seed_int,  # noqa: E402
-                    success_rate, wilson_interval)
-from learning import FIELDS, append_row  # noqa: E402
-from kinematics import START_POSE, X_LIMITS, Y_LIMITS, move  # noqa: E402
-from pose_agent import PoseLattice  # noqa: E402
+from grasping.cli import OneLineArgumentParser, positive_int, report_errors, seed_int  # noqa: E402
+from grasping.evaluation import play_in_parallel  # noqa: E402
+from grasping.kinematics import START_POSE, X_LIMITS, Y_LIMITS, move  # noqa: E402
+from grasping.pose_agent import PoseLattice  # noqa: E402
+from grasping.workers import EnvPool  # noqa: E402
+from learning import evaluation_row, append_row  # noqa: E402
+from simulator import gripper_and_objects  # noqa: E402
 
 REACH_MARGIN = 60
 """Millimetres outside the clamps that an object still counts as within reach: one step of the arm."""
@@ -45,7 +46,7 @@ class NearestObject:
         self.poses: dict[int, tuple[int, int, int]] = {}
 
     def target(self, index: int) -> int:
-        gripper, objects = self.pool.positions(index)
+        gripper, objects = self.pool.call(index, gripper_and_objects)
         objects_mm = 1000 * objects
         low = np.array([X_LIMITS[0], Y_LIMITS[0]]) - REACH_MARGIN
         high = np.array([X_LIMITS[1], Y_LIMITS[1]]) + REACH_MARGIN
@@ -82,14 +83,10 @@ def main() -> int:
 
     def run() -> int:
         with EnvPool(args.num_envs, args.seed, is_test=args.objects == "test") as pool:
-            rewards, _ = run_episodes_in_parallel(pool, NearestObject(pool, PoseLattice()), args.episodes)
-        successes = int(sum(rewards))
-        print(f"Success rate: {success_rate(successes, args.episodes)}, scripted reference on {args.objects} objects")
-        low, high = wilson_interval(successes, args.episodes)
+            result = play_in_parallel(pool, NearestObject(pool, PoseLattice()), args.episodes)
+        print(f"Success rate: {result.success_rate()}, scripted reference on {args.objects} objects")
         args.out.mkdir(parents=True, exist_ok=True)
-        row = dict(zip(FIELDS, (0, 0.0, "scripted", args.objects, successes, args.episodes,
-                                successes / args.episodes, round(low, 4), round(high, 4))))
-        append_row(args.out / "learning.csv", row)
+        append_row(args.out / "learning.csv", evaluation_row(result, "scripted", args.objects))
         return 0
 
     return report_errors(run)

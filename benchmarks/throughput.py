@@ -5,7 +5,7 @@
 
 For each N it measures, on this machine and in one run:
   (a) raw collection: N environment workers with uniform random actions, no learning;
-  (b) training: `bullet_kuka_train.py --num-envs N`, the learner included;
+  (b) training: `bullet_kuka_train.py --num-envs N`, the learner included (its `train`, called here);
   (c) the lecture's one-environment loop, `bullet_kuka_train.py --num-envs 1`.
 With one environment the training loop *is* the lecture's loop, so (b) at N = 1 and (c) are one
 measurement. Each clock starts once the environments are up and stops at the last counted episode's
@@ -14,11 +14,9 @@ memory's bytes per transition.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import random
-import re
-import subprocess
 import sys
 import tempfile
 import timeit
@@ -29,9 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import EnvPool, OneLineArgumentParser, ReplayMemory, positive_int, resolve_device  # noqa: E402
-
-THROUGHPUT_LINE = re.compile(r"Throughput: ([\d.]+) episodes/s, ([\d.]+) env steps/s, ([\d.]+) gradient steps/s")
+import bullet_kuka_train  # noqa: E402
+from common import ReplayMemory, resolve_device  # noqa: E402
+from grasping.cli import OneLineArgumentParser, positive_int  # noqa: E402
+from grasping.evaluation import random_policy  # noqa: E402
+from grasping.rollouts import Rollouts  # noqa: E402
+from grasping.workers import EnvPool  # noqa: E402
 
 
 def env_counts(max_envs: int) -> list[int]:
@@ -54,49 +55,36 @@ def worker_memory(pid: int) -> tuple[float, bool]:
 def raw_collection(num_envs: int, episodes: int, seed: int) -> dict[str, float]:
     """(a): episodes/s and env steps/s of `num_envs` workers under uniform random actions, and the largest
     worker's resident memory in MB at the end (NaN where /proc is missing) and whether torch is loaded there."""
-    rng = random.Random(seed)
     with EnvPool(num_envs, seed, is_test=False) as pool:
         start = timeit.default_timer()
-        for index in range(num_envs):
-            pool.reset(index)
-        resetting = set(range(num_envs))
-        finished = steps = 0
-        while finished < episodes:
-            for index, _frame, _reward, done in pool.results():
-                if index in resetting:
-                    resetting.remove(index)
-                else:
-                    steps += 1
-                    if done:
-                        finished += 1
-                        resetting.add(index)
-                        pool.reset(index)
-                        continue
-                pool.step(index, rng.randrange(pool.n_actions))
+        rollouts = Rollouts(pool, episodes)
+        policy = random_policy(pool.n_actions, seed, num_envs)
+        steps = 0
+        while not rollouts.finished:
+            steps += sum(step.action is not None for step in rollouts.steps())
+            rollouts.act(policy)
         seconds = timeit.default_timer() - start
         try:
             worker_mb, torch_loaded = max(worker_memory(process.pid) for process in pool.processes)
         except OSError:
             worker_mb, torch_loaded = float("nan"), False
-    return {"episodes": finished / seconds, "steps": steps / seconds, "gradient_steps": 0.0,
+    return {"episodes": episodes / seconds, "steps": steps / seconds, "gradient_steps": 0.0,
             "worker_mb": worker_mb, "torch_in_worker": torch_loaded}
 
 
 def training(num_envs: int, episodes: int, seed: int, device: str, folder: Path) -> dict[str, float]:
-    """(b) and (c): the training script's own throughput line for a run of `episodes` episodes."""
+    """(b) and (c): the throughput of a training run of `episodes` episodes, as `bullet_kuka_train.train` reports
+    it (its progress bar and messages kept off this table)."""
     run = folder / f"train_{num_envs}"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", str(episodes), "--num-envs", str(num_envs),
-         "--device", device, "--seed", str(seed), "--checkpoint", str(run / "policy_dqn.pt"),
-         "--logdir", str(run / "logs")],
-        capture_output=True, text=True,
-    )
-    match = THROUGHPUT_LINE.search(result.stdout)
-    if result.returncode != 0 or match is None:
-        sys.exit(f"training with --num-envs {num_envs} failed (exit {result.returncode}): "
-                 f"{result.stderr.strip().splitlines()[-1:] or result.stdout[-300:]}")
-    episodes_per_second, steps_per_second, gradient_steps_per_second = map(float, match.groups())
-    return {"episodes": episodes_per_second, "steps": steps_per_second, "gradient_steps": gradient_steps_per_second}
+    args = bullet_kuka_train.parse_args(
+        ["--episodes", str(episodes), "--num-envs", str(num_envs), "--device", device, "--seed", str(seed),
+         "--checkpoint", str(run / "policy_dqn.pt"), "--logdir", str(run / "logs")])
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.redirect_stdout(devnull):
+        result = bullet_kuka_train.train(args)
+    if result.failure is not None:
+        sys.exit(f"training with --num-envs {num_envs} failed: {result.failure}")
+    return {"episodes": result.episodes_per_second, "steps": result.transitions / result.seconds,
+            "gradient_steps": result.gradient_steps / result.seconds}
 
 
 def cpu_name() -> str:

@@ -7,11 +7,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import Batch, ReplayMemory  # noqa: E402
 
 
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -45,6 +48,12 @@ def read_events(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], set[s
         scalars[tag] = [(event.step, event.value) for event in accumulator.Scalars(tag)]
     other_tags = {tag for kind, names in tags.items() if kind != "scalars" and isinstance(names, list) for tag in names}
     return scalars, other_tags
+
+
+def stream_transitions(memory: ReplayMemory, stream: int, n_step: int = 1, gamma: float = 1.0) -> Batch:
+    """Every transition `memory.sample` could draw from `stream`, oldest first, as one batch."""
+    steps = np.arange(memory.oldest[stream], max(memory.oldest[stream], memory.pushed[stream] - (n_step - 1)))
+    return memory.gather(np.full(len(steps), stream), steps, n_step, gamma)
 
 
 @pytest.fixture

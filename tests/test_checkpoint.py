@@ -7,17 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import (
+from common import DQN
+from grasping.checkpoints import (
     CHECKPOINT_KEYS,
-    DQN,
     LECTURE_CONFIG,
-    CheckpointError,
     checkpoint_config,
     load_checkpoint,
     load_state,
     resume_path,
     save_checkpoint,
 )
+from grasping.cli import CheckpointError
 from conftest import assert_one_line_error, run_script
 
 CPU = torch.device("cpu")

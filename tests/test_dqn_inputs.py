@@ -7,17 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from common import (
-    DQN,
-    LECTURE_CONFIG,
-    STACK_SIZE,
-    DQNPolicy,
-    FrameStack,
-    ReplayMemory,
-    checkpoint_config,
-    optimize_model,
-)
-from kinematics import POSE_FEATURES, START_POSE, move, pose_features, poses_after
+from common import DQN, STACK_SIZE, DQNPolicy, FrameStack, ReplayMemory, optimize_model
+from grasping.checkpoints import LECTURE_CONFIG, checkpoint_config
+from grasping.kinematics import POSE_FEATURES, START_POSE, move, pose_features, poses_after
+from conftest import stream_transitions
 
 MAX_STEPS = 9
 
@@ -35,12 +28,12 @@ def play(memory: ReplayMemory, policy: DQNPolicy, rng: np.random.Generator, epis
             first = rng.integers(0, 256, (40, 40), dtype=np.uint8)
             state = stack.reset(first)
             for t in range(length):
-                pose = policy.poses.get(stream) if t else START_POSE
+                pose = policy.episodes.poses.get(stream) if t else START_POSE
                 [action] = policy(state[None], [stream], [t], epsilon=0.5)
-                assert policy.poses[stream] == move(pose, action)
+                assert policy.episodes.poses[stream] == move(pose, action)
                 next_state = None if t == length - 1 else stack.push(rng.integers(0, 256, (40, 40), dtype=np.uint8))
                 memory.push(state, action, next_state, 0.0, stream)
-                seen.append(dict(stream=stream, state=state, first=first, pose=pose, after=policy.poses[stream],
+                seen.append(dict(stream=stream, state=state, first=first, pose=pose, after=policy.episodes.poses[stream],
                                  done=next_state is None))
                 state = next_state
     return seen
@@ -54,7 +47,7 @@ def test_memory_gives_each_state_its_episodes_first_frame_and_commanded_pose(cap
     seen = play(memory, DQNPolicy(net, 7, random.Random(0)), rng, episodes=30)
     for stream in range(2):
         ours = [t for t in seen if t["stream"] == stream][-(capacity // 2):]
-        batch = memory.transitions(stream)
+        batch = stream_transitions(memory, stream)
         assert len(batch.state) == len(ours) > 5
         for i, transition in enumerate(ours):
             assert np.array_equal(batch.state[i, 0].numpy(), transition["first"])
@@ -69,7 +62,7 @@ def test_n_step_next_pose_follows_n_actions():
     rng = np.random.default_rng(1)
     memory = ReplayMemory(400, num_streams=1, seed=0, poses=True, max_episode_steps=MAX_STEPS)
     seen = play(memory, DQNPolicy(DQN(40, 40, 7, pose_input=True), 7, random.Random(1)), rng, 20, streams=1)
-    batch = memory.transitions(0, n_step=3)
+    batch = stream_transitions(memory, 0, n_step=3)
     for i in range(len(batch.pose)):
         if not batch.done[i]:
             assert tuple(batch.next_pose[i].tolist()) == seen[i + 2]["after"]

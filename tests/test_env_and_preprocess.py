@@ -11,9 +11,8 @@ import torchvision.transforms as T
 
 from PIL import Image
 
-from common import (
-    SCREEN_SIZE, STACK_SIZE, FrameStack, Observation, make_env, preprocess_frame, seed_everything, to_float,
-)
+from common import SCREEN_SIZE, STACK_SIZE, FrameStack, Observation, seed_everything, to_float
+from grasping.environment import make_env, preprocess_frame
 from conftest import ROOT
 
 LECTURE_PIPELINE = T.Compose([
@@ -135,10 +134,10 @@ def test_seeding_decides_the_scene():
 
 def test_environment_opens_and_closes_without_noise():
     code = (
-        "import common\n"
-        "env = common.make_env(is_test=True)\n"
+        "from grasping.environment import make_env\n"
+        "env = make_env(is_test=True)\n"
         "env.reset(); env.step(0); env.close()\n"
-        "env = common.make_env(is_test=False)\n"
+        "env = make_env(is_test=False)\n"
         "env.reset(); env.close(); del env\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 
 from common import (
     DQN,
-    FineDQN,
     SCREEN_SIZE,
     STACK_SIZE,
     TIMESTEP_SCALE,
-    LECTURE_CONFIG,
+    FineDQN,
     FrameStack,
     Observation,
     ReplayMemory,
@@ -28,8 +27,10 @@ from common import (
     select_actions,
     soft_update,
     to_float,
-    wilson_interval,
 )
+from grasping.checkpoints import LECTURE_CONFIG
+from grasping.stats import wilson_interval
+from conftest import stream_transitions
 
 # The lecture's layers, by name and shape, for a 40x40 input and 7 actions.
 LECTURE_STATE_DICT_SHAPES = {
@@ -144,7 +145,7 @@ def test_replay_memory_lists_a_streams_transitions_in_order():
     memory = ReplayMemory(12, num_streams=2, seed=0)  # 6 per stream: the first stream wraps
     push_streams(memory, [iter(first), iter(second)])
     for stream, pushed in enumerate((first, second)):
-        batch = memory.transitions(stream)
+        batch = stream_transitions(memory, stream)
         listed = [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
                   for i in range(len(batch.reward))]
         assert listed == [key(*t) for t in pushed[-6:]]

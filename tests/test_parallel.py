@@ -13,8 +13,15 @@ import pybullet
 import pytest
 import torch
 
-from common import CHECKPOINT_KEYS, EnvPool, WorkerError, load_checkpoint, make_env, seed_everything, worker_seed
+from common import seed_everything
+from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
+from grasping.cli import WorkerError
+from grasping.environment import make_env
+from grasping.workers import EnvPool, worker_seed
 from conftest import ROOT, read_events, run_script
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from simulator import gripper_and_objects  # noqa: E402
 
 CPU = torch.device("cpu")
 FAST = ("--max-steps", "3", "--batch-size", "4", "--device", "cpu")
@@ -61,17 +68,17 @@ def test_worker_seeds_pick_different_objects():
     assert objects_in_scene(seeds[0]) == scenes[0]
 
 
-def test_a_worker_tells_where_its_gripper_and_objects_are():
+def test_a_worker_runs_a_function_on_its_environment_such_as_where_its_gripper_and_objects_are():
     with EnvPool(1, 3, is_test=False) as pool:
         pool.reset(0)
         pool.results()
-        gripper, objects = pool.positions(0)
+        gripper, objects = pool.call(0, gripper_and_objects)
         assert gripper.shape == (2,) and objects.shape == (5, 2)
         assert np.all((objects[:, 0] > 0.3) & (objects[:, 0] < 0.8) & (np.abs(objects[:, 1]) < 0.3)), "in the tray"
         for action, axis, sign in ((2, 0, 1), (3, 1, -1)):  # x+, then y-
             pool.step(0, action)
             pool.results()
-            moved = pool.positions(0)[0] - gripper
+            moved = pool.call(0, gripper_and_objects)[0] - gripper
             assert sign * moved[axis] > max(0.01, 2 * abs(moved[1 - axis])), (action, moved)  # the arm lags a little
             gripper = gripper + moved
 

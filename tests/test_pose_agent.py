@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from common import CheckpointError, checkpoint_config, load_checkpoint, make_env, quiet_pybullet, seed_everything
+from common import seed_everything
+from grasping.checkpoints import checkpoint_config, load_checkpoint
+from grasping.cli import CheckpointError
+from grasping.environment import make_env, quiet_pybullet
 from conftest import ROOT, assert_one_line_error, read_events, run_script
-from kinematics import ANGLE_STEP, START_POSE, move, pose_array
-from pose_agent import (
+from grasping.kinematics import ANGLE_STEP, START_POSE, move, pose_array
+from grasping.pose_agent import (
     GRASP_AFTER,
     OBJECT_HEIGHT,
     EpisodeMemory,
@@ -122,7 +125,7 @@ def test_greedy_acting_reaches_the_pose_it_chose(lattice):
             state = stack.push(observation.preprocess(env.step(action)[0]))
         scores = policy.scores[3]
         chosen = lattice.poses[int(np.argmax(scores))]
-        assert commanded_pose(env) == chosen == policy.poses[3], actions
+        assert commanded_pose(env) == chosen == policy.episodes.poses[3], actions
         with torch.no_grad():
             value = torch.sigmoid(net.eval()(policy.frames[3][None], torch.from_numpy(pose_array([chosen]))[None]))
         assert float(value) == pytest.approx(policy.planned_value[3], abs=1e-5), "the value it planned with"
@@ -141,8 +144,8 @@ def test_an_exploring_episode_reaches_a_random_final_pose_and_stays(lattice):
             policy(states, [0, 1], [t, t], epsilon=1.0)
         for index in (0, 1):
             assert policy.exploring[index]
-            assert policy.poses[index] == lattice.poses[int(np.argmax(policy.scores[index]))]
-            targets.add(policy.poses[index])
+            assert policy.episodes.poses[index] == lattice.poses[int(np.argmax(policy.scores[index]))]
+            targets.add(policy.episodes.poses[index])
     assert len(targets) > 30, "targets drawn across the final poses"
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from common import CHECKPOINT_KEYS, load_checkpoint
+from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
 from conftest import ROOT, assert_one_line_error, read_events, run_script
 
 CPU = torch.device("cpu")

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from common import EpisodeRecorder, make_env, preprocess_frame, render_scene, seed_everything
+from common import seed_everything
+from grasping.environment import make_env, preprocess_frame, render_scene
+from grasping.recording import EpisodeRecorder
 from conftest import assert_one_line_error, run_script
 
 

@@ -1,7 +1,7 @@
 """Can the agent learn from its images at all? Train and evaluate it on a few scenes that repeat.
 
-    python benchmarks/fixed_scenes.py                              # 5 scenes, 400 episodes: ~23 min on 2 cores
-    python benchmarks/fixed_scenes.py -- --network fine --rgb      # training flags, after the defaults
+    python benchmarks/research/fixed_scenes.py                              # 5 scenes, 400 episodes: ~23 min on 2 cores
+    python benchmarks/research/fixed_scenes.py -- --network fine --rgb      # training flags, after the defaults
 
 The environment draws each scene (which objects, where, how turned) from `random` and NumPy's
 global generator. Here every reset reseeds both with the scene's number, 0 to --scenes - 1 in turn,
@@ -20,23 +20,24 @@ later call with more --episodes and the same training flags goes on from the sav
 from __future__ import annotations
 
 import contextlib
-import io
 import random
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
 
-import bullet_kuka_eval  # noqa: E402
 import bullet_kuka_train  # noqa: E402
-import common  # noqa: E402
-from common import OneLineArgumentParser, positive_int, report_errors, resume_path, wilson_interval  # noqa: E402
+from grasping.checkpoints import resume_path  # noqa: E402
+from grasping.cli import OneLineArgumentParser, positive_int, report_errors  # noqa: E402
+from grasping.environment import grasp_env_class  # noqa: E402
+from grasping.evaluation import evaluate  # noqa: E402
+from grasping.stats import wilson_interval  # noqa: E402
 from input_probe import write_rows  # noqa: E402
 from learning import saved_state, snapshot  # noqa: E402
 
@@ -44,7 +45,6 @@ TRAIN_FLAGS = ("--preset", "fast-dqn", "--eps-decay-last-frame", "200")
 """Training flags before the user's: epsilon reaches 0.05 at episode 200, half way through the default budget."""
 SET_HERE = ("--num-envs", "--episodes", "--checkpoint", "--logdir", "--resume", "--render")
 """Training flags this script sets itself: one environment in this process, the budget, where the run lives."""
-EPISODE_LINE = re.compile(r"^Episode: (\d+), reward: (\d)$", re.MULTILINE)
 
 
 def reset_to_scene(reset: Callable[[], Any], scene: int) -> Any:
@@ -70,7 +70,7 @@ def repeating_scenes(count: int) -> Iterator[list[int]]:
     Yields the list of scenes set up so far, in order, so that episodes can be matched with their scenes.
     Environments in worker processes (EnvPool) are not affected.
     """
-    env_class = common._grasp_env_class()
+    env_class = grasp_env_class()
     original_reset = env_class.reset
     scenes: list[int] = []
 
@@ -88,15 +88,11 @@ def repeating_scenes(count: int) -> Iterator[list[int]]:
 
 def play(policy: str, checkpoint: Path, args: Any) -> list[tuple[int, int]]:
     """(scene, reward) for each of the evaluation's episodes, every scene --eval-episodes times."""
-    output = io.StringIO()
-    command = ["--policy", policy, "--checkpoint", str(checkpoint), "--objects", "train", "--num-envs", "1",
-               "--episodes", str(args.scenes * args.eval_episodes), "--seed", str(args.seed)]
-    with repeating_scenes(args.scenes) as scenes, contextlib.redirect_stdout(output):
-        status = bullet_kuka_eval.main(command)
-    if status:
-        raise SystemExit(status)
-    print(output.getvalue().strip().splitlines()[-1])  # the success line, with its interval
-    return list(zip(scenes, (int(reward) for _, reward in EPISODE_LINE.findall(output.getvalue()))))
+    with repeating_scenes(args.scenes) as scenes:
+        result = evaluate(checkpoint if policy == "greedy" else None, args.scenes * args.eval_episodes,
+                          is_test=False, seed=args.seed)
+    print(f"Success rate: {result.success_rate()}, {policy} policy on the {args.scenes} scenes")
+    return list(zip(scenes, (int(reward) for reward in result.rewards)))
 
 
 def main() -> int:

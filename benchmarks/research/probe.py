@@ -1,6 +1,6 @@
 """Does a run's Q-network generalise? Two probes on the transitions its replay memory holds.
 
-    python benchmarks/probe.py benchmarks/results/fast-a/policy_dqn.resume.pt \\
+    python benchmarks/research/probe.py benchmarks/results/fast-a/policy_dqn.resume.pt \\
         --checkpoint benchmarks/results/fast-a/policy_dqn.pt
 
 Each transition is labelled with its episode's outcome (1: an object was lifted). Scores are
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import (  # noqa: E402
-    DQN, Batch, Observation, OneLineArgumentParser, ReplayMemory, checkpoint_config, load_checkpoint, load_state,
-    observation_of, random_shift, to_float,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+from common import DQN, Batch, Observation, ReplayMemory, random_shift, to_float  # noqa: E402
+from grasping.checkpoints import checkpoint_config, load_checkpoint, load_state, observation_of  # noqa: E402
+from grasping.cli import OneLineArgumentParser  # noqa: E402
+
 
 def roc_auc(scores: np.ndarray, outcomes: np.ndarray) -> float:
     """The chance that a random success scores above a random failure, ties counting half; NaN without both.
@@ -43,6 +43,22 @@ def roc_auc(scores: np.ndarray, outcomes: np.ndarray) -> float:
     mean_ranks = np.cumsum(counts) - (counts - 1) / 2  # tied scores share the mean of their ranks (from 1)
     rank_sum = mean_ranks[inverse.reshape(-1)][success].sum()
     return float((rank_sum - n_success * (n_success + 1) / 2) / (n_success * n_failure))
+
+
+def probe_network(network: type[DQN], size: int, channels: int, outputs: int) -> DQN:
+    """A Q-network of class `network` for images of `channels` channels, whatever its stack would take."""
+
+    class Probe(network):  # type: ignore[valid-type, misc]
+        def build_convolutions(self, in_channels: int, h: int, w: int) -> int:
+            return super().build_convolutions(channels, h, w)
+
+    return Probe(size, size, outputs)
+
+
+def stream_transitions(memory: ReplayMemory, stream: int) -> Batch:
+    """Every transition `memory` could sample from `stream`, oldest first, as one batch."""
+    steps = np.arange(memory.oldest[stream], memory.pushed[stream])
+    return memory.gather(np.full(len(steps), stream), steps, 1, 1.0)
 
 
 def with_outcomes(batch: Batch) -> Batch:
@@ -130,7 +146,7 @@ def main() -> int:
     observation = observation_of(checkpoint_config(state, args.state))
     memory = ReplayMemory((slots - 5) * num_streams, num_streams=num_streams, frame_shape=observation.frame_shape)
     memory.load_state_dict(saved)
-    finished = [with_outcomes(memory.transitions(stream)) for stream in range(num_streams)]
+    finished = [with_outcomes(stream_transitions(memory, stream)) for stream in range(num_streams)]
     print(f"{args.state}: episode {state['episode']}, {sum(len(b.reward) for b in finished)} transitions "
           f"in {num_streams} streams, success rate {torch.cat([b.reward for b in finished]).mean():.3f}")
 

@@ -24,9 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import (CheckpointError, checkpoint_agent, checkpoint_config, evaluating, load_state, quiet_pybullet,
-                    to_float)
-from kinematics import MOVES, START_POSE, Pose, move, pose_array
+from common import evaluating, to_float
+from grasping.checkpoints import checkpoint_agent, checkpoint_config, load_state
+from grasping.cli import CheckpointError
+from grasping.environment import quiet_pybullet
+from grasping.kinematics import MOVES, START_POSE, EpisodeTracker, Pose, angle_features, move, pose_array
 
 GRASP_AFTER = 7
 """Actions after which the descending gripper is low enough to grasp, in most episodes."""
@@ -151,8 +153,7 @@ class GraspNet(nn.Module):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.max_pool2d(F.relu(self.conv3(x)), 2)
-        angle = 2 * poses[..., 2].reshape(-1, 1)
-        x = torch.cat((x.flatten(start_dim=1)[inverse], torch.sin(angle), torch.cos(angle)), dim=1)
+        x = torch.cat((x.flatten(start_dim=1)[inverse], angle_features(poses[..., 2].reshape(-1))), dim=1)
         return self.head(F.relu(self.linear(x))).reshape(b, p)
 
     @property
@@ -202,9 +203,8 @@ class PosePolicy:
     def __init__(self, net: GraspNet, lattice: PoseLattice, rng: Optional[random.Random] = None) -> None:
         self.net, self.lattice, self.rng = net, lattice, rng or random.Random(0)
         self.frames: dict[int, torch.Tensor] = {}
-        self.first_frames: dict[int, np.ndarray] = {}
-        """Each environment's first frame of its episode, uint8 as the memory keeps it."""
-        self.poses: dict[int, Pose] = {}
+        self.episodes = EpisodeTracker()
+        """Each environment's first frame of its episode (uint8, as the memory keeps it) and commanded pose."""
         self.scores: dict[int, np.ndarray] = {}
         self.exploring: dict[int, bool] = {}
         self.planned_value: dict[int, float] = {}
@@ -230,26 +230,27 @@ class PosePolicy:
                     scores[self.rng.choice(self.lattice.finals)] = 1.0
                 else:
                     scores[self.lattice.finals] = values[row]
-                self.frames[index], self.poses[index], self.scores[index] = frames[row], START_POSE, scores
-                self.first_frames[index] = states[position, -1].copy()
+                self.frames[index], self.scores[index] = frames[row], scores
+                self.episodes.start(index, states[position, -1])
                 self.exploring[index] = explore[row]
                 self.planned_value[index] = math.nan if explore[row] else float(values[row].max())
         actions = []
         for index, t in zip(indices, timesteps):
-            values = self.lattice.move_values(self.poses[index], t, self.scores[index])
+            values = self.lattice.move_values(self.episodes.poses[index], t, self.scores[index])
             if values is None:
                 values = self.past_horizon(index)
             action = int(np.argmax(values))
-            self.poses[index] = move(self.poses[index], action)
+            self.episodes.moved(index, action)
             actions.append(action)
         return actions
 
     def past_horizon(self, index: int) -> np.ndarray:
         """Move values once the grasp is overdue: the score of the pose each move leads to (an exploring
         episode stays at its target)."""
-        nexts = [move(self.poses[index], action) for action in range(len(MOVES))]
+        pose = self.episodes.poses[index]
+        nexts = [move(pose, action) for action in range(len(MOVES))]
         if self.exploring[index]:
-            return np.array([float(pose == self.poses[index]) for pose in nexts])
+            return np.array([float(after == pose) for after in nexts])
         device = self.frames[index].device
         with evaluating(self.net):
             logits = self.net(self.frames[index][None], torch.from_numpy(pose_array(nexts)).to(device)[None])
@@ -373,7 +374,7 @@ class PoseAgent:
               stream: int = 0) -> None:
         """A finished episode (`next_state` None) becomes one sample: first frame, final commanded pose, reward."""
         if next_state is None:
-            self.memory.push(self.policy.first_frames[stream], self.policy.poses[stream], reward)
+            self.memory.push(self.policy.episodes.first_frames[stream], self.policy.episodes.poses[stream], reward)
 
     def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """Online: one gradient step, once the memory holds a batch and --learning-starts episodes."""

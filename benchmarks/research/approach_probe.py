@@ -1,6 +1,6 @@
 """Can the lecture's network see where the gripper is relative to the objects? A supervised probe.
 
-    python benchmarks/approach_probe.py                 # 1,000 random episodes, then the probes
+    python benchmarks/research/approach_probe.py                 # 1,000 random episodes, then the probes
 
 Grasping needs the gripper over an object before it closes, so a Q-network that generalises must at
 least read from its state which move brings the gripper closer to one. The uniform random policy
@@ -30,13 +30,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
 
-from common import (NETWORKS, EnvPool, FrameStack, OneLineArgumentParser, positive_int, preprocess_frame,  # noqa: E402
-                    random_shift, to_float)
-from input_probe import RandomEpisodes, in_episode_order, saved_episodes, write_rows  # noqa: E402
+from common import NETWORKS, random_shift, to_float  # noqa: E402
+from grasping.cli import OneLineArgumentParser, positive_int  # noqa: E402
+from grasping.environment import preprocess_frame  # noqa: E402
+from grasping.evaluation import random_policy  # noqa: E402
+from grasping.rollouts import Rollouts  # noqa: E402
+from grasping.workers import EnvPool  # noqa: E402
+from input_probe import in_episode_order, saved_episodes, write_rows  # noqa: E402
+from probe import probe_network  # noqa: E402
+from simulator import gripper_and_objects  # noqa: E402
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
 """x-, x+, y-, y+: the actions that move the gripper in the tray's plane, and which way."""
@@ -55,39 +62,37 @@ def nearest(objects: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
-    """Random-policy episodes (`RandomEpisodes`): per move its state, the 96x96 scene, the action, the approach,
-    the episode, and where the gripper and the objects were before the move, in episode order."""
+    """Random-policy episodes (`Rollouts`, a generator per worker): per move its state, the 96x96 scene, the
+    action, the approach, the episode, and where the gripper and the objects were before the move, in episode
+    order."""
     columns: dict[str, list] = {"stack40": [], "rgb96": [], "action": [], "approach": [], "episode": [],
                                 "gripper": [], "objects": []}
     with EnvPool(num_envs, seed, is_test=False) as pool:
-        schedule = RandomEpisodes(pool, episodes, seed)
-        stacks = [FrameStack() for _ in range(num_envs)]
-        states: list = [None] * num_envs
+        rollouts = Rollouts(pool, episodes)
+        choose = random_policy(pool.n_actions, seed, num_envs)
         moving: list = [None] * num_envs  # a move's record until its worker replies; None after other actions
-        finished = 0
-        while finished < episodes:
-            for index, frame, _reward, done in pool.results():
-                if moving[index] is not None:
-                    record = moving[index]
-                    gripper_after = pool.positions(index)[0]
+
+        def policy(states: np.ndarray, indices: list[int], timesteps: list[int]) -> list[int]:
+            """The random policy, noting each move's scene and positions before it is sent."""
+            actions = choose(states, indices, timesteps)
+            for state, index, action in zip(states, indices, actions):
+                if action in MOVES:
+                    gripper, objects = pool.call(index, gripper_and_objects)
+                    moving[index] = dict(stack40=state, rgb96=pool.scene(index, 96).transpose(2, 0, 1),
+                                         action=action, episode=rollouts.playing[index], gripper=gripper,
+                                         objects=objects)
+            return actions
+
+        while not rollouts.finished:
+            for step in rollouts.steps():
+                if moving[step.env] is not None:
+                    record, moving[step.env] = moving[step.env], None
+                    gripper_after = pool.call(step.env, gripper_and_objects)[0]
                     record["approach"] = float(nearest(record["objects"], record["gripper"])
                                                - nearest(record["objects"], gripper_after)) / ACTION_LENGTH
                     for key, value in record.items():
                         columns[key].append(value)
-                    moving[index] = None
-                if done:
-                    finished += 1
-                    states[index] = None
-                    schedule.start_next(index)
-                    continue
-                states[index] = stacks[index].reset(frame) if states[index] is None else stacks[index].push(frame)
-                action = schedule.action(index)
-                if action in MOVES:
-                    gripper, objects = pool.positions(index)
-                    moving[index] = dict(stack40=states[index], rgb96=pool.scene(index, 96).transpose(2, 0, 1),
-                                         action=action, episode=schedule.episode_of[index], gripper=gripper,
-                                         objects=objects)
-                pool.step(index, action)
+            rollouts.act(policy)
     data = in_episode_order(columns)
     data["approach"] = data["approach"].astype(np.float32)
     return data
@@ -177,7 +182,7 @@ def main() -> int:
             train = train_all[data["episode"][train_all] < fraction * args.episodes]
             torch.manual_seed(args.seed)
             start = time.time()
-            net = NETWORKS[args.network](size, size, 7, in_channels=channels)
+            net = probe_network(NETWORKS[args.network], size, channels, 7)
             scores, train_score = fit_approach(net, images, actions, approach, train, test, args.epochs,
                                                np.random.default_rng(args.seed), pad=max(2, size // 10))
             row = dict(input=name, fraction=fraction, train=len(train), test=len(test),

@@ -1,7 +1,7 @@
 """How far above the random policy could a policy get? Play every scene many times with random moves.
 
-    python benchmarks/scene_ceiling.py                              # 100 test scenes, 10 tries each: ~14 min on 2 cores
-    python benchmarks/scene_ceiling.py --objects train --scenes 20
+    python benchmarks/research/scene_ceiling.py                              # 100 test scenes, 10 tries each: ~14 min on 2 cores
+    python benchmarks/research/scene_ceiling.py --objects train --scenes 20
 
 Each try resets the environment to the same scene (fixed_scenes.reset_to_scene: scene s is what the
 environment draws with `random` and NumPy's generator seeded by s) and plays uniformly random
@@ -25,11 +25,14 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
 
-from common import OneLineArgumentParser, make_env, positive_int, report_errors, seed_int, success_rate  # noqa: E402
+from grasping.cli import OneLineArgumentParser, positive_int, report_errors, seed_int  # noqa: E402
+from grasping.environment import make_env  # noqa: E402
+from grasping.stats import success_rate  # noqa: E402
 from fixed_scenes import reset_to_scene  # noqa: E402
 from input_probe import write_rows  # noqa: E402
 

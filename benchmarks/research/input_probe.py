@@ -1,6 +1,6 @@
 """Does a larger or colour input show whether a grasp will hold? A supervised probe per input format.
 
-    python benchmarks/input_probe.py                 # 1,200 random episodes, then the probes
+    python benchmarks/research/input_probe.py                 # 1,200 random episodes, then the probes
 
 The uniform random policy plays `--episodes` episodes on training objects in 2 workers. Every state
 keeps the network's 40x40 grayscale frame and the environment's camera at 48x48 (the observation
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import random
 import sys
 import time
 from pathlib import Path
@@ -27,37 +26,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
 
-from common import DQN, EnvPool, OneLineArgumentParser, atomic_write, positive_int, to_float  # noqa: E402
-from probe import fit_outcome  # noqa: E402
+from common import DQN, to_float  # noqa: E402
+from grasping.checkpoints import atomic_write  # noqa: E402
+from grasping.cli import OneLineArgumentParser, positive_int  # noqa: E402
+from grasping.evaluation import random_policy  # noqa: E402
+from grasping.rollouts import Rollouts  # noqa: E402
+from grasping.workers import EnvPool  # noqa: E402
+from probe import fit_outcome, probe_network  # noqa: E402
 
 SIZES = (48, 96)
 """Camera sizes kept beside the 40x40 frame: the environment's own, and twice that."""
-
-
-class RandomEpisodes:
-    """The random policy's episodes over a pool, numbered so that a seed gives the same data whichever worker
-    replies first: worker i plays episodes i, i + N, ... with its own action generator."""
-
-    def __init__(self, pool: EnvPool, episodes: int, seed: int) -> None:
-        self.pool = pool
-        self.rngs = [random.Random(seed + index) for index in range(pool.num_envs)]
-        self.queues = [list(range(index, episodes, pool.num_envs)) for index in range(pool.num_envs)]
-        self.episode_of: list = [None] * pool.num_envs
-        for index in range(pool.num_envs):
-            self.start_next(index)
-
-    def start_next(self, index: int) -> None:
-        """Reset worker `index` into its next episode, if it has one left."""
-        if self.queues[index]:
-            self.episode_of[index] = self.queues[index].pop(0)
-            self.pool.reset(index)
-
-    def action(self, index: int) -> int:
-        return self.rngs[index].randrange(self.pool.n_actions)
 
 
 def in_episode_order(columns: dict[str, list]) -> dict[str, np.ndarray]:
@@ -67,27 +50,24 @@ def in_episode_order(columns: dict[str, list]) -> dict[str, np.ndarray]:
 
 
 def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray]:
-    """Random-policy episodes (`RandomEpisodes`): per state its frames, timestep, episode number and the episode's
-    outcome, in episode order."""
+    """Random-policy episodes (`Rollouts`, a generator per worker): per state its frames, timestep, episode number
+    and the episode's outcome, in episode order."""
     columns: dict[str, list] = {"gray40": [], "rgb48": [], "rgb96": [], "timestep": [], "episode": []}
     outcome_of: dict[int, float] = {}
     with EnvPool(num_envs, seed, is_test=False) as pool:
-        schedule = RandomEpisodes(pool, episodes, seed)
-        timestep = [0] * num_envs
-        while len(outcome_of) < episodes:
-            for index, frame, reward, done in pool.results():
-                if done:
-                    outcome_of[schedule.episode_of[index]] = float(reward)
-                    schedule.start_next(index)
-                    timestep[index] = 0
+        rollouts = Rollouts(pool, episodes)
+        policy = random_policy(pool.n_actions, seed, num_envs)
+        while not rollouts.finished:
+            for step in rollouts.steps():
+                if step.done:
+                    outcome_of[step.episode] = float(step.reward)
                     continue
-                columns["gray40"].append(frame[None])
+                columns["gray40"].append(step.frame[None])
                 for size in SIZES:
-                    columns[f"rgb{size}"].append(pool.scene(index, size).transpose(2, 0, 1))
-                columns["timestep"].append(timestep[index])
-                columns["episode"].append(schedule.episode_of[index])
-                timestep[index] += 1
-                pool.step(index, schedule.action(index))
+                    columns[f"rgb{size}"].append(pool.scene(step.env, size).transpose(2, 0, 1))
+                columns["timestep"].append(len(step.actions))
+                columns["episode"].append(step.episode)
+            rollouts.act(policy)
     data = in_episode_order(columns)
     data["outcome"] = np.array([outcome_of[e] for e in data["episode"]], dtype=np.float32)
     return data
@@ -160,7 +140,7 @@ def main() -> int:
         for name in ("gray40", "rgb48", "rgb96"):
             images = to_float(torch.from_numpy(data[name]))
             channels, size = images.shape[1], images.shape[-1]
-            for kind, make in (("lecture", lambda: DQN(size, size, 1, in_channels=channels)),
+            for kind, make in (("lecture", lambda: probe_network(DQN, size, channels, 1)),
                                ("spatial", lambda: spatial_net(channels, size))):
                 torch.manual_seed(args.seed)
                 start = time.time()

@@ -49,12 +49,33 @@ def pose_array(poses: list[Pose]) -> np.ndarray:
     return array * np.array([1e-3, 1e-3, ANGLE_STEP], dtype=np.float32)
 
 
+def angle_features(angle: torch.Tensor) -> torch.Tensor:
+    """Gripper angles in radians (...) -> (..., 2): (sin 2a, cos 2a), since the two-fingered gripper is the same
+    turned by half a turn."""
+    return torch.stack((torch.sin(2 * angle), torch.cos(2 * angle)), dim=-1)
+
+
+class EpisodeTracker:
+    """What a policy acting in several environments keeps of each one's episode so far: its first frame and the
+    commanded pose, which it follows from the actions it returns (each assumed taken)."""
+
+    def __init__(self) -> None:
+        self.first_frames: dict[int, np.ndarray] = {}
+        self.poses: dict[int, Pose] = {}
+
+    def start(self, index: int, first_frame: np.ndarray) -> None:
+        """Environment `index` has begun an episode with this frame."""
+        self.first_frames[index], self.poses[index] = first_frame.copy(), START_POSE
+
+    def moved(self, index: int, action: int) -> None:
+        """Environment `index` has been given `action`."""
+        self.poses[index] = move(self.poses[index], action)
+
+
 def pose_features(poses: torch.Tensor) -> torch.Tensor:
     """Poses (B, 3) in `Pose` units -> float32 (B, POSE_FEATURES) of order 1, a DQN's input: x and y scaled over
-    their clamps to [-1, 1], and the angle as (sin 2a, cos 2a), since the two-fingered gripper is the same
-    turned by half a turn."""
+    their clamps to [-1, 1], and the angle's `angle_features`."""
     poses = poses.double().reshape(-1, 3)
     x = (poses[:, 0] - sum(X_LIMITS) / 2) / ((X_LIMITS[1] - X_LIMITS[0]) / 2)
     y = (poses[:, 1] - sum(Y_LIMITS) / 2) / ((Y_LIMITS[1] - Y_LIMITS[0]) / 2)
-    angle = 2 * ANGLE_STEP * poses[:, 2]
-    return torch.stack((x, y, torch.sin(angle), torch.cos(angle)), dim=1).float()
+    return torch.cat((torch.stack((x, y), dim=1), angle_features(ANGLE_STEP * poses[:, 2])), dim=1).float()

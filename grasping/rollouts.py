@@ -1,0 +1,117 @@
+"""`Rollouts`: episodes played on the workers of an `EnvPool`, each worker stepping as soon as it has its action.
+
+Training, evaluation, the throughput benchmark and the research probes all step their workers with it:
+
+    rollouts = Rollouts(pool, episodes=100)
+    while not rollouts.finished:
+        for step in rollouts.steps():      # the replies that have come in, in any order
+            ...                            # step.state, step.action, step.reward, step.next_state, step.done
+        rollouts.act(policy)               # one batched call for every worker waiting for an action
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from common import FrameStack
+from grasping.workers import EnvPool
+
+Policy = Callable[[np.ndarray, list[int], list[int]], list[int]]
+"""Actions for a batch of uint8 states, given the indices of their environments and their timesteps (actions
+taken in the episode so far)."""
+
+
+@dataclass
+class Step:
+    """What one worker's reply means: an episode's start (`action` None) or a transition of it."""
+
+    env: int
+    """The worker."""
+    episode: int
+    """The episode's number: worker i plays episodes i, i + N, i + 2N, ... of a pool of N."""
+    frame: np.ndarray
+    """The frame the worker sent: the first one of the episode, or the one after `action`."""
+    state: Optional[np.ndarray]
+    """The stacked state `action` was taken in; None at the episode's start."""
+    action: Optional[int]
+    reward: float
+    next_state: Optional[np.ndarray]
+    """The state after `action` (at the start: the first state); None once the episode has ended."""
+    done: bool
+    actions: list[int] = field(default_factory=list)
+    """The episode's actions so far, this one included: their count is the timestep."""
+
+
+class Rollouts:
+    """Episodes on every worker of `pool`, stacked into states with `FrameStack`.
+
+    Worker i plays episodes i, i + N, i + 2N, ... up to `episodes` (None: without end), so a seed gives
+    each episode number the same scene whichever worker answers first. Between `steps` and `act` no
+    reply is due from the workers that replied, so `EnvPool.call` may ask them about their environment:
+    `act` gives the workers whose episode goes on their action, and starts the next episode in those
+    whose episode ended.
+    """
+
+    def __init__(self, pool: EnvPool, episodes: Optional[int] = None) -> None:
+        self.pool, self.remaining = pool, episodes
+        n = pool.num_envs
+        self.queues = [iter(range(index, episodes, n)) if episodes is not None else itertools.count(index, n)
+                       for index in range(n)]
+        self.stacks = [FrameStack() for _ in range(n)]
+        self.playing: list[Optional[int]] = [None] * n
+        self.states: list[Optional[np.ndarray]] = [None] * n
+        self.actions: list[list[int]] = [[] for _ in range(n)]
+        self.waiting: list[int] = []
+        """Workers with a state that has no action yet."""
+        self.ended: list[int] = list(range(n))
+        """Workers whose episode has ended (or not begun), to start on their next."""
+        self._start_ended()
+
+    @property
+    def finished(self) -> bool:
+        """Every episode has been played (never, without an end)."""
+        return self.remaining == 0
+
+    def steps(self) -> list[Step]:
+        """Block until some worker replies; every reply that has come in, as a `Step`."""
+        steps = []
+        for index, frame, reward, done in self.pool.results():
+            if self.states[index] is None:  # the first frame of an episode
+                self.states[index] = self.stacks[index].reset(frame)
+                steps.append(Step(index, self.playing[index], frame, None, None, 0.0, self.states[index], False))
+                self.waiting.append(index)
+                continue
+            state = self.states[index]
+            next_state = None if done else self.stacks[index].push(frame)
+            steps.append(Step(index, self.playing[index], frame, state, self.actions[index][-1], reward, next_state,
+                              done, self.actions[index]))
+            self.states[index] = next_state
+            if done:
+                self.ended.append(index)
+                if self.remaining is not None:
+                    self.remaining -= 1
+            else:
+                self.waiting.append(index)
+        return steps
+
+    def act(self, policy: Policy) -> None:
+        """Actions for every waiting worker from one call of `policy`, sent to them; the next episodes started."""
+        if self.waiting:
+            waiting, self.waiting = self.waiting, []
+            chosen = policy(np.stack([self.states[i] for i in waiting]), waiting,
+                            [len(self.actions[i]) for i in waiting])
+            for index, action in zip(waiting, chosen):
+                self.actions[index].append(int(action))
+                self.pool.step(index, action)
+        self._start_ended()
+
+    def _start_ended(self) -> None:
+        for index in self.ended:
+            self.playing[index] = next(self.queues[index], None)
+            self.states[index], self.actions[index] = None, []
+            if self.playing[index] is not None:
+                self.pool.reset(index)
+        self.ended = []

@@ -1,0 +1,197 @@
+"""The research probes (benchmarks/research/) still run: each answered its question, and the learning record
+cites their results."""
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import DQN
+from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
+from grasping.environment import make_env, preprocess_frame
+from conftest import ROOT, assert_one_line_error
+
+RESEARCH = ROOT / "benchmarks" / "research"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(RESEARCH))
+import approach_probe  # noqa: E402
+import fixed_scenes  # noqa: E402
+import probe  # noqa: E402
+import scene_ceiling  # noqa: E402
+from input_probe import collect as collect_outcomes  # noqa: E402
+
+
+def test_roc_auc_by_ranks_is_the_share_of_success_failure_pairs_in_order():
+    assert probe.roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert np.isnan(probe.roc_auc(np.array([0.2, 0.3]), np.array([1, 1])))
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # few distinct scores: many ties, each pair counting half
+        scores, outcomes = rng.integers(0, 4, 30).astype(float), rng.integers(0, 2, 30)
+        success, failure = scores[outcomes == 1], scores[outcomes == 0]
+        pairs = (success[:, None] > failure).mean() + 0.5 * (success[:, None] == failure).mean()
+        assert probe.roc_auc(scores, outcomes) == pytest.approx(pairs)
+
+
+def input_probe(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RESEARCH / "input_probe.py"), "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_input_probe_keeps_the_real_observation_and_reuses_its_episodes(tmp_path):
+    first = input_probe(tmp_path, "--episodes", "6", "--epochs", "1", "--min-timestep", "2")
+    assert first.returncode == 0, first.stderr
+    assert "6 episodes collected" in first.stdout and first.stderr == ""
+
+    data = np.load(tmp_path / "episodes.npz")
+    n = len(data["timestep"])
+    assert data["gray40"].shape == (n, 1, 40, 40)
+    assert data["rgb48"].shape == (n, 3, 48, 48) and data["rgb96"].shape == (n, 3, 96, 96)
+    for rgb, gray in zip(data["rgb48"], data["gray40"]):  # the 48x48 scene is the observation itself
+        assert np.array_equal(preprocess_frame(rgb.transpose(1, 2, 0)), gray[0])
+    assert sorted(set(data["episode"].tolist())) == list(range(6))
+    assert np.all(np.diff(data["episode"]) >= 0), "states in episode order, whichever worker replied first"
+    for episode in range(6):
+        steps = data["timestep"][data["episode"] == episode]
+        assert steps.tolist() == list(range(len(steps))), "each episode's states in order from t = 0"
+        assert len(set(data["outcome"][data["episode"] == episode].tolist())) == 1, "one outcome per episode"
+    again = collect_outcomes(6, seed=0)  # the script's default seed
+    assert [key for key in again if not np.array_equal(again[key], data[key])] == [], "a seed gives the same states"
+
+    second = input_probe(tmp_path, "--episodes", "6", "--epochs", "1", "--min-timestep", "2")
+    assert second.returncode == 0, second.stderr
+    assert f"6 episodes from {tmp_path / 'episodes.npz'}" in second.stdout
+    with open(tmp_path / "input_probe.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["input"], r["network"]) for r in rows] == [
+        (i, k) for i in ("gray40", "rgb48", "rgb96") for k in ("lecture", "spatial")]
+    assert all(int(r["train"]) + int(r["test"]) == int((data["timestep"] >= 2).sum()) for r in rows)
+
+
+def test_approach_probe_labels_the_moves_and_reuses_its_episodes(tmp_path):
+    command = [sys.executable, str(RESEARCH / "approach_probe.py"), "--out", str(tmp_path),
+               "--episodes", "6", "--epochs", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "6 episodes collected" in first.stdout and first.stderr == ""
+
+    data = np.load(tmp_path / "episodes.npz")
+    n = len(data["action"])
+    assert n > 0 and data["stack40"].shape == (n, 5, 40, 40) and data["rgb96"].shape == (n, 3, 96, 96)
+    assert set(data["action"].tolist()) <= {1, 2, 3, 4}, "only moves in the tray's plane are labelled"
+    assert set(data["episode"].tolist()) <= set(range(6))
+    assert data["gripper"].shape == (n, 2) and data["objects"].shape == (n, 5, 2)
+    approach = data["approach"]
+    assert np.all(np.abs(approach) < 2) and approach.min() < 0 < approach.max(), "random moves go both ways"
+    # Each label belongs to its own move, whichever worker replied first: the simulator's positions
+    # before the move, with the gripper going one action length, account for most of it.
+    ideal = approach_probe.ideal_approach(dict(data))
+    assert 1 - ((ideal - approach) ** 2).mean() / approach.var() > 0.6
+    again = approach_probe.collect(6, seed=0)  # the script's default seed
+    assert [key for key in again if not np.array_equal(again[key], data[key])] == [], "a seed gives the same moves"
+
+    # The probes' inputs: the 96x96 scene unchanged, or through the project's preprocessing.
+    shapes = {name: tuple(approach_probe.network_input(dict(data), name).shape) for name in approach_probe.INPUTS}
+    assert shapes == {"stack40": (n, 5, 40, 40), "gray48": (n, 1, 48, 48), "rgb48": (n, 3, 48, 48),
+                      "gray96": (n, 1, 96, 96), "rgb96": (n, 3, 96, 96)}
+    assert torch.equal(approach_probe.network_input(dict(data), "rgb96"), torch.from_numpy(data["rgb96"]) / 255)
+
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert f"6 episodes from {tmp_path / 'episodes.npz'}" in second.stdout
+    with open(tmp_path / "approach_probe.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["input"], float(r["fraction"])) for r in rows] == [
+        (i, f) for i in approach_probe.INPUTS for f in (0.25, 0.5, 1.0)]
+    assert all(int(r["best_epoch"]) == 1 for r in rows), "one epoch was asked for"
+    assert all(int(r["test"]) == int((data["episode"] % 5 == 4).sum()) for r in rows)
+
+    fine = subprocess.run(command + ["--network", "fine", "--inputs", "stack40", "rgb48"], capture_output=True,
+                          text=True, timeout=300)
+    assert fine.returncode == 0, fine.stderr
+    with open(tmp_path / "approach_probe-fine.csv", newline="") as handle:
+        assert [(r["input"], float(r["fraction"])) for r in csv.DictReader(handle)] == [
+            (i, f) for i in ("stack40", "rgb48") for f in (0.25, 0.5, 1.0)]
+    with open(tmp_path / "approach_probe.csv", newline="") as handle:
+        assert list(csv.DictReader(handle)) == rows, "the lecture network's scores are kept"
+
+
+def test_repeating_scenes_set_up_each_scene_again_and_leave_the_generators_as_they_were():
+    env = make_env(is_test=False, max_steps=3)
+    try:
+        original_reset = type(env).reset
+        before = random.getstate(), np.random.get_state()
+        with fixed_scenes.repeating_scenes(2) as scenes:
+            frames = [env.reset() for _ in range(3)]
+        assert scenes == [0, 1, 0]
+        assert np.array_equal(frames[0], frames[2]), "scene 0 again: the same objects in the same places"
+        assert not np.array_equal(frames[0], frames[1])
+        after = np.random.get_state()
+        assert random.getstate() == before[0] and np.array_equal(after[1], before[1][1]) and after[2:] == before[1][2:]
+        assert type(env).reset is original_reset
+    finally:
+        env.close()
+
+
+def test_fixed_scenes_benchmark_trains_then_scores_each_scene(tmp_path):
+    command = [sys.executable, str(RESEARCH / "fixed_scenes.py"), "--out", str(tmp_path), "--scenes", "2",
+               "--episodes", "2", "--eval-episodes", "2", "--", "--max-steps", "3", "--batch-size", "4", "--device",
+               "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Episode 2's policy, 2 episodes per scene:" in result.stdout
+    with open(tmp_path / "scenes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scene"], r["policy"], r["episodes"]) for r in rows] == [
+        (scene, policy, "2") for scene in ("0", "1") for policy in ("greedy", "random")]
+    assert all(0 <= int(r["successes"]) <= 2 for r in rows)
+    evaluated = load_checkpoint(tmp_path / "policies" / "episode-2.pt", torch.device("cpu"), CHECKPOINT_KEYS)
+    DQN(40, 40, 7).load_state_dict(evaluated["policy_net_state_dict"], strict=True)
+
+    refused = subprocess.run([*command[:-7], "--", "--num-envs", "2"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "fixed_scenes.py: error: training flag --num-envs is set by this script; leave it out"]
+
+
+def test_an_episode_replayed_from_its_scene_ends_the_same_way():
+    env = make_env(is_test=False)
+    rng = np.random.default_rng(0)
+    try:
+        played = {}
+        for episode in range(40):  # the random policy lifts an object in about a third of its episodes
+            scene = episode % 4
+            actions, reward = scene_ceiling.play(env, scene, lambda: int(rng.integers(7)))
+            played.setdefault(reward > 0, (scene, actions, reward))
+            if len(played) == 2:
+                break
+        assert set(played) == {True, False}, "a success and a failure to replay"
+        for scene, actions, reward in played.values():
+            moves = iter(actions)
+            assert scene_ceiling.play(env, scene, lambda: next(moves)) == (actions, reward)
+    finally:
+        env.close()
+
+
+def test_scene_ceiling_benchmark_tries_every_scene_and_replays_its_successes(tmp_path):
+    command = [sys.executable, str(RESEARCH / "scene_ceiling.py"), "--out", str(tmp_path),
+               "--scenes", "3", "--tries", "2", "--objects", "train"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "scenes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["scene"], r["tries"]) for r in rows] == [("0", "2"), ("1", "2"), ("2", "2")]
+    for row in rows:
+        assert 0 <= int(row["successes"]) <= 2
+        assert row["replay_reward"] == ("1" if int(row["successes"]) else ""), "a success replays as a success"
+    lifted = sum(int(r["successes"]) > 0 for r in rows)
+    assert f"scenes lifted at least once:  {lifted}/3" in result.stdout
+    alone = subprocess.run([*command, "--num-workers", "1"], capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0 and alone.stdout == result.stdout, "the same tries whichever worker plays a scene"
+
+    assert_one_line_error(subprocess.run([*command, "--tries", "0"], capture_output=True, text=True, timeout=60),
+                          "--tries", "must be a positive integer")
