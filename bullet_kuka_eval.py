@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 from common import ACTION_NAMES, resolve_device
 from grasping.checkpoints import check_writable_folder, resume_path
-from grasping.cli import OneLineArgumentParser, UsageError, positive_int, report_errors, seed_int
+from grasping.cli import (OneLineArgumentParser, UsageError, add_backend_arguments, check_backend_arguments, positive_int,
+                          report_errors, seed_int)
 from grasping.environment import display_problem
 from grasping.evaluation import evaluate
 from grasping.recording import EpisodeRecorder
@@ -38,6 +39,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-envs", type=positive_int, default=1,
                         help="environments, each in its own worker process, sharing the episodes; "
                              "1 runs them in this process")
+    add_backend_arguments(parser)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the network runs; auto picks CUDA when a GPU is usable")
     parser.add_argument("--seed", type=seed_int, default=1,
@@ -50,6 +52,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace the --gif file if it exists")
     parser.add_argument("--render", action="store_true", help="watch the episodes in the PyBullet GUI (needs a display)")
     args = parser.parse_args(argv)
+    check_backend_arguments(parser, args)
     if (args.gif is not None or args.render) and args.num_envs > 1:
         flag = "--gif" if args.gif is not None else "--render"
         parser.error(f"argument {flag}: works with the episodes played in this process; use --num-envs 1")
@@ -94,11 +97,13 @@ def run(args: argparse.Namespace) -> int:
     recorder = EpisodeRecorder() if args.gif is not None else None
     result = evaluate(args.checkpoint if args.policy == "greedy" else None, args.episodes, args.objects == "test",
                       args.seed, args.num_envs, device, args.max_steps, args.render, recorder,
-                      on_episode=print_episode)
+                      on_episode=print_episode, backend=args.backend, ray_address=args.ray_address, on_start=print)
     if recorder is not None:
         recorder.save_gif(args.gif)
         print(f"Recorded {len(recorder.frames)} frames of {args.episodes} episode{'s' if args.episodes > 1 else ''} "
               f"in {args.gif}")
+    if result.lost:
+        print(f"Episodes lost with their worker and played again: {result.lost}")
     print(action_summary(result.sequences))
     print(f"Success rate: {result.success_rate()}, {args.policy} policy on {args.objects} objects")
     return 0

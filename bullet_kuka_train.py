@@ -29,13 +29,14 @@ from common import (DQN, MIN_IMAGE_SIZE, NETWORKS, SCREEN_SIZE, DQNPolicy, Frame
                     optimize_model, resolve_device, seed_everything, soft_update)
 from grasping.checkpoints import (check_writable_folder, load_checkpoint, load_state, networks_state, resume_path,
                                   save_checkpoint)
-from grasping.cli import (OneLineArgumentParser, Terminated, UsageError, WorkerError, exit_status, non_negative_int,
-                          positive_float, positive_int, probability, raise_terminated, report_errors, seed_int)
+from grasping.cli import (OneLineArgumentParser, Terminated, UsageError, WorkerError, add_backend_arguments,
+                          check_backend_arguments, exit_status, non_negative_int, positive_float, positive_int,
+                          probability, raise_terminated, report_errors, seed_int)
 from grasping.environment import display_problem, make_env
 from grasping.pose_agent import PoseAgent, agent_config
 from grasping.rollouts import Policy, Rollouts
 from grasping.runlog import BEST_MODEL_AFTER_EPISODE, RESUMED_COUNTS, SOLVE_AFTER_EPISODE, RunLog
-from grasping.workers import EnvPool
+from grasping.workers import EnvPool, open_pool
 
 RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict", *RESUMED_COUNTS)
 """What a resumable state must hold (the replay memory is restored when it fits)."""
@@ -146,6 +147,7 @@ def add_input_and_schedule_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the networks run; auto picks CUDA when a GPU is usable")
     parser.add_argument("--num-envs", type=positive_int, default=1,
                         help="environments, each in its own worker process; 1 runs the lecture's loop in this process")
+    add_backend_arguments(parser)
     parser.add_argument("--updates-per-step", type=positive_float, default=1.0,
                         help="gradient steps per collected transition (lecture: 1)")
     parser.add_argument("--refit-every", type=non_negative_int, default=0,
@@ -183,6 +185,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     defaults = {dest: parser.get_default(dest) for dest in (*DQN_ONLY, *POSE_ONLY, "updates_per_step")}
     parser.set_defaults(**PRESETS[parser.parse_known_args(argv)[0].preset])
     args = parser.parse_args(argv)
+    check_backend_arguments(parser, args)
     for dest in DQN_ONLY if args.agent == "pose" else POSE_ONLY:
         if getattr(args, dest) != defaults[dest]:
             parser.error(f"argument --{dest.replace('_', '-')}: applies to --agent "
@@ -249,6 +252,10 @@ class DQNAgent:
     def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
               stream: int = 0) -> None:
         self.memory.push(state, action, next_state, reward, stream)
+
+    def drop_episode(self, stream: int) -> None:
+        """The environment of `stream` was lost mid-episode: its transitions so far leave the memory."""
+        self.memory.drop_unfinished(stream)
 
     def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """One call of the lecture's optimize_model; nothing until the memory holds a batch and --learning-starts
@@ -357,6 +364,11 @@ class Trainer:
     def end_episode(self, reward: float, length: int) -> None:
         self.log.end_episode(reward, length)
 
+    def lose_episode(self, stream: int) -> None:
+        """Environment `stream` was lost mid-episode and replaced: drop the episode, count it, say so."""
+        self.agent.drop_episode(stream)
+        self.log.lost_episode(stream)
+
 
 def run_lecture_loop(trainer: Trainer, env: Any, max_steps: int) -> None:
     """--num-envs 1: the lecture's loop in this process: act, step, store, learn, and so on to the episode's end."""
@@ -378,7 +390,8 @@ def run_lecture_loop(trainer: Trainer, env: Any, max_steps: int) -> None:
 
 
 def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
-    """--num-envs N: each worker steps as soon as it has its action; the learner works while they simulate.
+    """--num-envs N (or --backend ray): each worker steps as soon as it has its action; the learner works while
+    they simulate. `pool` is an EnvPool or a RayEnvPool, which has its interface.
 
     Replies are taken as they come; the workers waiting for an action get it from one batched
     forward pass. Learning yields to the workers, but never falls more than one gradient step
@@ -387,6 +400,9 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
     rollouts = Rollouts(pool)
     while not trainer.finished:
         for step in rollouts.steps():
+            if step.lost:
+                trainer.lose_episode(step.env)
+                continue
             if step.action is None:  # an episode's first frame
                 trainer.log.example_screen(step.frame)
                 continue
@@ -461,14 +477,16 @@ def train(args: argparse.Namespace) -> TrainingRun:
     seed = args.seed + (resumed["episode"] if resumed else 0)
     seed_everything(seed)
     observation = Observation(args.image_size, args.rgb)
-    if args.num_envs == 1:
+    if args.num_envs == 1 and args.backend == "local":
         env = make_env(is_test=False, max_steps=args.max_steps, renders=args.render,
                        camera_size=observation.camera_size)
         n_actions = env.action_space.n
     else:
         torch.set_num_threads(1)  # the other cores belong to the workers' physics
-        env = EnvPool(args.num_envs, seed, is_test=False, max_steps=args.max_steps, observation=observation)
+        env = open_pool(args.backend, args.num_envs, seed, False, args.max_steps, observation, args.ray_address)
         n_actions = env.n_actions
+        if args.backend == "ray":
+            tqdm.write(env.describe())
     try:
         agent = make_agent(args, observation, n_actions, device, seed)
         memory_note = resume_agent(agent, resumed, state_path, args) if resumed else ""
@@ -486,7 +504,7 @@ def run_to_the_end(trainer: Trainer, env: Any, args: argparse.Namespace, state_p
     stop: Optional[KeyboardInterrupt] = None
     failure: Optional[WorkerError] = None
     try:
-        if args.num_envs == 1:
+        if args.num_envs == 1 and args.backend == "local":
             run_lecture_loop(trainer, env, args.max_steps)
         else:
             run_parallel_loop(trainer, env)

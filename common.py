@@ -82,11 +82,10 @@ class FrameStack:
 
 Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done", "timestep", "next_timestep",
                              "pose", "next_pose"), defaults=(None, None))
-"""Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, *frame shape),
-int64 actions, float32 rewards, bool `done`, and int64 timesteps (actions taken in the episode
-before `state` and before `next_state`); a terminal transition's `next_state` is meaningless.
-A memory with `first_frame` puts the episode's first frame ahead of each stack (B, 1 + STACK_SIZE, ...);
-one with `poses` gives the commanded poses (B, 3) at `state` and `next_state` (kinematics.Pose units)."""
+"""Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, *frame shape), int64
+actions, float32 rewards, bool `done`, int64 timesteps (actions taken before `state` and `next_state`); a
+terminal transition's `next_state` is meaningless. With `first_frame` the episode's first frame leads each
+stack (B, 1 + STACK_SIZE, ...); with `poses`, the commanded poses (B, 3) at both states (kinematics.Pose)."""
 
 
 class ReplayMemory:
@@ -157,6 +156,13 @@ class ReplayMemory:
         self.pushed[stream] = step + 1
         self.oldest[stream] = max(self.oldest[stream], step + 1 - self.shares[stream])
 
+    def drop_unfinished(self, stream: int) -> None:
+        """Forget the stream's unfinished episode (its environment was lost), as a resumed memory does."""
+        if self._last_next_state[stream] is not None:
+            self.pushed[stream] = self._episode_start[stream]
+            self.oldest[stream] = min(self.oldest[stream], self.pushed[stream])
+            self._last_next_state[stream] = None
+
     def sampleable(self, n_step: int = 1) -> int:
         """Transitions `sample` can draw from: a stream's newest n_step - 1 wait for the steps after them."""
         return int(np.maximum(self.pushed - self.oldest - (n_step - 1), 0).sum())
@@ -215,9 +221,8 @@ class ReplayMemory:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to go on sampling the same transitions: tensors and plain data only. A
-        stream's unfinished episode is left out (its environment starts a new one on resume), so that no
-        transition bootstraps into the next episode."""
+        """What a resumed run needs to go on sampling the same transitions: tensors and plain data only; an
+        unfinished episode is left out (its environment starts a new one on resume)."""
         unfinished = np.array([state is not None for state in self._last_next_state])
         pushed = np.where(unfinished, self._episode_start, self.pushed)
         arrays = dict(actions=self.actions, rewards=self.rewards, dones=self.dones,
@@ -334,8 +339,7 @@ class DQN(nn.Module):
 class FineDQN(DQN):
     """The lecture's network with finer convolutions (opt-in, `--network fine`): 3x3 and 4x4 kernels, strides
     2, 1, 2, 2, BatchNorm on the first three, so the hidden layer sees a 6x6 grid at 48x48 where the lecture's
-    sees 2x2 (1x1 at its 40x40): grasping hinges on where the gripper is against the objects, a few pixels apart.
-    """
+    sees 2x2 (1x1 at its 40x40): grasping hinges on where the gripper is against the objects, a few pixels apart."""
 
     network = "fine"
 
@@ -429,11 +433,8 @@ def select_actions(policy_net: nn.Module, states: np.ndarray, epsilon: float, n_
 
 class DQNPolicy:
     """Acting with a DQN in a set of environments, as the scripts call a policy: a batch of states, the
-    environments they come from and their timesteps (actions taken in the episode so far).
-
-    The lecture's network needs the states only; one with `first_frame_input` or `pose_input` gets them from
-    the episode so far, which an `EpisodeTracker` keeps.
-    """
+    environments they come from and their timesteps (actions taken in the episode so far). A network with
+    `first_frame_input` or `pose_input` gets them from the episode so far, which an `EpisodeTracker` keeps."""
 
     def __init__(self, policy_net: DQN, n_actions: int, rng: Optional[random.Random] = None) -> None:
         self.policy_net, self.n_actions, self.rng = policy_net, n_actions, rng or random.Random(0)

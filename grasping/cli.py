@@ -76,6 +76,26 @@ def report_errors(run: Callable[[], int]) -> int:
         return 130
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and --ray-address, the same for both scripts."""
+    parser.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="where the environments run: worker processes on this machine, or Ray actors "
+                             "(pip install -r requirements-ray.txt), which may span a cluster")
+    parser.add_argument("--ray-address", default=None,
+                        help="--backend ray: join this Ray cluster (the head's ADDRESS:PORT, as `ray start --head` "
+                             "prints it); without it Ray starts on this machine")
+
+
+def check_backend_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse --ray-address without --backend ray, and the in-process options with Ray."""
+    if args.ray_address is not None and args.backend != "ray":
+        parser.error("argument --ray-address: applies to --backend ray only")
+    for flag in ("render", "gif"):
+        if args.backend == "ray" and getattr(args, flag, None):
+            parser.error(f"argument --{flag}: works with the episodes played in this process; use --backend local "
+                         "--num-envs 1")
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)

@@ -18,7 +18,7 @@ from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, agent_config
 from grasping.recording import EpisodeRecorder
 from grasping.rollouts import Policy, Rollouts
 from grasping.stats import success_rate, wilson_interval
-from grasping.workers import EnvPool
+from grasping.workers import EnvPool, open_pool
 
 EpisodeReport = Callable[[int, float], None]
 """Called with each episode's number (from 1) and reward, in episode order."""
@@ -30,6 +30,8 @@ class Evaluation:
 
     rewards: list[float]
     sequences: list[list[int]]
+    lost: int = 0
+    """Episodes lost with their worker (a Ray actor) and played again from the start."""
 
     @property
     def successes(self) -> int:
@@ -112,9 +114,10 @@ def play_in_parallel(pool: EnvPool, policy: Policy, episodes: int,
     rollouts = Rollouts(pool, episodes)
     rewards: dict[int, float] = {}
     sequences: dict[int, list[int]] = {}
-    reported = 0
+    reported = lost = 0
     while not rollouts.finished:
         for step in rollouts.steps():
+            lost += step.lost
             if step.done:
                 rewards[step.episode], sequences[step.episode] = step.reward, step.actions
         while reported in rewards:
@@ -122,35 +125,41 @@ def play_in_parallel(pool: EnvPool, policy: Policy, episodes: int,
                 on_episode(reported + 1, rewards[reported])
             reported += 1
         rollouts.act(policy)
-    return Evaluation([rewards[i] for i in range(episodes)], [sequences[i] for i in range(episodes)])
+    return Evaluation([rewards[i] for i in range(episodes)], [sequences[i] for i in range(episodes)], lost)
 
 
 def evaluate(checkpoint: Optional[Path], episodes: int, is_test: bool = True, seed: int = 1, num_envs: int = 1,
              device: torch.device = torch.device("cpu"), max_steps: int = 20, render: bool = False,
-             recorder: Optional[EpisodeRecorder] = None, on_episode: Optional[EpisodeReport] = None) -> Evaluation:
+             recorder: Optional[EpisodeRecorder] = None, on_episode: Optional[EpisodeReport] = None,
+             backend: str = "local", ray_address: Optional[str] = None,
+             on_start: Optional[Callable[[str], None]] = None) -> Evaluation:
     """Play `episodes` episodes with a checkpoint's greedy policy, or the uniform random policy when `checkpoint`
     is None; `seed` and `num_envs` fix the scenes, so that every policy can be shown the same ones.
 
-    With one environment the episodes run in this process (`render` and `recorder` need that);
-    with more, in worker processes. A checkpoint that cannot be loaded raises a CheckpointError.
+    With one local environment the episodes run in this process (`render` and `recorder` need that);
+    otherwise in the workers `backend` names (`on_start` hears where Ray placed them). A checkpoint that
+    cannot be loaded raises a CheckpointError.
     """
     seed_everything(seed)
     observation = Observation()
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, device, ("policy_net_state_dict",))
         observation = observation_of(agent_config(saved, checkpoint)[1])
-    if num_envs == 1:
+    in_process = num_envs == 1 and backend == "local"
+    if in_process:
         env = make_env(is_test=is_test, max_steps=max_steps, renders=render, camera_size=observation.camera_size)
         n_actions = env.action_space.n
     else:
-        env = EnvPool(num_envs, seed, is_test=is_test, max_steps=max_steps, observation=observation)
+        env = open_pool(backend, num_envs, seed, is_test, max_steps, observation, ray_address)
         n_actions = env.n_actions
+        if backend == "ray" and on_start is not None:
+            on_start(env.describe())
     try:
         if checkpoint is None:
             policy = random_policy(n_actions, seed, num_envs)
         else:
             policy = greedy_policy(saved, checkpoint, n_actions, device)
-        if num_envs == 1:
+        if in_process:
             return play(env, observation, policy, episodes, recorder, on_episode)
         return play_in_parallel(env, policy, episodes, on_episode)
     finally:

@@ -376,6 +376,9 @@ class PoseAgent:
         if next_state is None:
             self.memory.push(self.policy.episodes.first_frames[stream], self.policy.episodes.poses[stream], reward)
 
+    def drop_episode(self, stream: int) -> None:
+        """The environment of `stream` was lost mid-episode: nothing was stored of it (episodes are stored whole)."""
+
     def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """Online: one gradient step, once the memory holds a batch and --learning-starts episodes."""
         if self.refit_every or len(self.memory) < max(self.batch_size, self.learning_starts):

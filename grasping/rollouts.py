@@ -32,8 +32,8 @@ class Step:
     """The worker."""
     episode: int
     """The episode's number: worker i plays episodes i, i + N, i + 2N, ... of a pool of N."""
-    frame: np.ndarray
-    """The frame the worker sent: the first one of the episode, or the one after `action`."""
+    frame: Optional[np.ndarray]
+    """The frame the worker sent: the first one of the episode, or the one after `action` (None when lost)."""
     state: Optional[np.ndarray]
     """The stacked state `action` was taken in; None at the episode's start."""
     action: Optional[int]
@@ -43,6 +43,9 @@ class Step:
     done: bool
     actions: list[int] = field(default_factory=list)
     """The episode's actions so far, this one included: their count is the timestep."""
+    lost: bool = False
+    """The worker was lost mid-episode (a Ray actor whose node died) and replaced: the episode is played again
+    from its start, and what it had stored of it is to be dropped."""
 
 
 class Rollouts:
@@ -79,6 +82,14 @@ class Rollouts:
         """Block until some worker replies; every reply that has come in, as a `Step`."""
         steps = []
         for index, frame, reward, done in self.pool.results():
+            if frame is None:  # the worker was replaced: its episode starts again, with the same number
+                steps.append(Step(index, self.playing[index], frame, self.states[index], None, 0.0, None, False,
+                                  self.actions[index], lost=True))
+                if index in self.waiting:
+                    self.waiting.remove(index)
+                self.states[index], self.actions[index] = None, []
+                self.pool.reset(index)
+                continue
             if self.states[index] is None:  # the first frame of an episode
                 self.states[index] = self.stacks[index].reset(frame)
                 steps.append(Step(index, self.playing[index], frame, None, None, 0.0, self.states[index], False))

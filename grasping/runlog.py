@@ -61,6 +61,8 @@ class RunLog:
         self.solved = False
         self.transitions = 0
         """Transitions collected by this process, for steps per second."""
+        self.lost_episodes = 0
+        """Episodes dropped because their environment worker was lost, in this process."""
         self.losses: list[torch.Tensor] = []
         self.q_values: list[torch.Tensor] = []
 
@@ -94,6 +96,13 @@ class RunLog:
         if result is not None:
             self.losses.append(result[0])
             self.q_values.append(result[1])
+
+    def lost_episode(self, index: int) -> None:
+        """One line, and a TensorBoard count, for an episode dropped with its lost environment worker."""
+        self.lost_episodes += 1
+        tqdm.write(f"Environment worker {index} was lost and replaced: its unfinished episode is dropped "
+                   f"({self.lost_episodes} so far)")
+        self.writer.add_scalar("lost_episodes", self.lost_episodes, self.completed)
 
     def example_screen(self, frame: np.ndarray) -> None:
         """The lecture's "Example extracted screen": the first frame the network sees in this run, logged once."""

@@ -72,6 +72,16 @@ def _main_script_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+def open_pool(backend: str, num_envs: int, seed: int, is_test: bool, max_steps: int = 20,
+              observation: Optional[Observation] = None, ray_address: Optional[str] = None) -> Any:
+    """The environment workers `--backend` names: this machine's processes ("local", `EnvPool`) or Ray actors
+    ("ray", grasping.ray_workers.RayEnvPool, imported only then), with the same interface."""
+    if backend == "ray":
+        from grasping.ray_workers import RayEnvPool  # the optional extra
+        return RayEnvPool(num_envs, seed, is_test, max_steps, observation, address=ray_address)
+    return EnvPool(num_envs, seed, is_test, max_steps, observation)
+
+
 class EnvPool:
     """`num_envs` environments, one per process, each stepping as soon as it is given its action.
 
@@ -114,6 +124,10 @@ class EnvPool:
     @property
     def num_envs(self) -> int:
         return len(self.processes)
+
+    def pids(self) -> list[int]:
+        """The workers' process ids."""
+        return [process.pid for process in self.processes]
 
     def reset(self, index: int) -> None:
         """Ask worker `index` to start a new episode; its reply carries the first frame."""
