@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                         # N up to the number of cores
     python benchmarks/throughput.py --max-envs 16 --episodes-per-env 40 --device cuda
+    python benchmarks/throughput.py --max-envs 2 --backend both    # Ray actors beside local processes
 
 For each N it measures, on this machine and in one run:
   (a) raw collection: N environment workers with uniform random actions, no learning;
@@ -14,6 +15,7 @@ memory's bytes per transition.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -32,7 +34,7 @@ from common import ReplayMemory, resolve_device  # noqa: E402
 from grasping.cli import OneLineArgumentParser, positive_int  # noqa: E402
 from grasping.evaluation import random_policy  # noqa: E402
 from grasping.rollouts import Rollouts  # noqa: E402
-from grasping.workers import EnvPool  # noqa: E402
+from grasping.workers import open_pool  # noqa: E402
 
 
 def env_counts(max_envs: int) -> list[int]:
@@ -52,10 +54,12 @@ def worker_memory(pid: int) -> tuple[float, bool]:
     return resident_kb / 1024, "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def raw_collection(num_envs: int, episodes: int, seed: int) -> dict[str, float]:
-    """(a): episodes/s and env steps/s of `num_envs` workers under uniform random actions, and the largest
-    worker's resident memory in MB at the end (NaN where /proc is missing) and whether torch is loaded there."""
-    with EnvPool(num_envs, seed, is_test=False) as pool:
+def raw_collection(num_envs: int, episodes: int, seed: int, backend: str = "local") -> dict[str, float]:
+    """(a): episodes/s and env steps/s of `num_envs` workers of `backend` under uniform random actions, and the
+    largest worker's resident memory in MB at the end (NaN where /proc is missing) and whether torch is loaded
+    there. The clock starts once the workers are up."""
+    pool = open_pool(backend, num_envs, seed, is_test=False)
+    try:
         start = timeit.default_timer()
         rollouts = Rollouts(pool, episodes)
         policy = random_policy(pool.n_actions, seed, num_envs)
@@ -65,20 +69,23 @@ def raw_collection(num_envs: int, episodes: int, seed: int) -> dict[str, float]:
             rollouts.act(policy)
         seconds = timeit.default_timer() - start
         try:
-            worker_mb, torch_loaded = max(worker_memory(process.pid) for process in pool.processes)
+            worker_mb, torch_loaded = max(worker_memory(pid) for pid in pool.pids())
         except OSError:
             worker_mb, torch_loaded = float("nan"), False
+    finally:
+        pool.close()
     return {"episodes": episodes / seconds, "steps": steps / seconds, "gradient_steps": 0.0,
             "worker_mb": worker_mb, "torch_in_worker": torch_loaded}
 
 
-def training(num_envs: int, episodes: int, seed: int, device: str, folder: Path) -> dict[str, float]:
+def training(num_envs: int, episodes: int, seed: int, device: str, folder: Path, backend: str = "local"
+             ) -> dict[str, float]:
     """(b) and (c): the throughput of a training run of `episodes` episodes, as `bullet_kuka_train.train` reports
     it (its progress bar and messages kept off this table)."""
-    run = folder / f"train_{num_envs}"
+    run = folder / f"train_{backend}_{num_envs}"
     args = bullet_kuka_train.parse_args(
         ["--episodes", str(episodes), "--num-envs", str(num_envs), "--device", device, "--seed", str(seed),
-         "--checkpoint", str(run / "policy_dqn.pt"), "--logdir", str(run / "logs")])
+         "--checkpoint", str(run / "policy_dqn.pt"), "--logdir", str(run / "logs"), "--backend", backend])
     with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull), contextlib.redirect_stdout(devnull):
         result = bullet_kuka_train.train(args)
     if result.failure is not None:
@@ -104,6 +111,30 @@ def machine(device: torch.device) -> str:
             f"learner on {device.type}")
 
 
+def measure_backend(backend: str, args: argparse.Namespace, device: torch.device, folder: Path
+                    ) -> dict[int, tuple[dict, dict]]:
+    """(a) and (b) for every N on one backend, printed as a Markdown table as they come; {N: (raw, trained)}.
+    (c), the lecture's one-environment loop, is the local backend's training at N = 1."""
+    print(f"Backend: {backend}\n")
+    print("| N | (a) raw episodes/s | (a) env steps/s | (b) train episodes/s | (b) env steps/s "
+          "| (b) gradient steps/s | (b)/(a) | (b)/(c) |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+    measured: dict[int, tuple[dict, dict]] = {}
+    for num_envs in env_counts(args.max_envs):
+        episodes = args.episodes_per_env * num_envs
+        raw = raw_collection(num_envs, episodes, args.seed, backend)
+        trained = training(num_envs, episodes, args.seed, device.type, folder, backend)
+        measured[num_envs] = raw, trained
+        lecture = f"{trained['episodes'] / measured[1][1]['episodes']:.2f}" if backend == "local" else "-"
+        print(f"| {num_envs} | {raw['episodes']:.3f} | {raw['steps']:.2f} | {trained['episodes']:.3f} "
+              f"| {trained['steps']:.2f} | {trained['gradient_steps']:.2f} "
+              f"| {trained['episodes'] / raw['episodes']:.2f} | {lecture} |", flush=True)
+    raw = measured[num_envs][0]
+    print(f"\nEnvironment worker ({backend}): {raw['worker_mb']:.0f} MB resident after its episodes, the largest of "
+          f"{num_envs}; torch loaded in it: {'yes' if raw['torch_in_worker'] else 'no'}\n")
+    return measured
+
+
 def main() -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-envs", type=positive_int, default=os.cpu_count(),
@@ -112,35 +143,30 @@ def main() -> int:
                         help="episodes counted per measurement, per environment")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="the learner's device")
     parser.add_argument("--seed", type=int, default=1, help="seed of every measurement")
+    parser.add_argument("--backend", choices=("local", "ray", "both"), default="local",
+                        help="the environment workers measured: local processes, Ray actors, or both in turn, "
+                             "with a table of Ray's share of the local throughput")
     args = parser.parse_args()
     device = resolve_device(args.device)
 
     print(f"Machine: {machine(device)}")
     print(f"Episodes counted per measurement: {args.episodes_per_env} x N\n")
-    print("| N | (a) raw episodes/s | (a) env steps/s | (b) train episodes/s | (b) env steps/s "
-          "| (b) gradient steps/s | (b)/(a) | (b)/(c) |")
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
-    lecture = raw = None
     with tempfile.TemporaryDirectory() as folder:
-        for num_envs in env_counts(args.max_envs):
-            episodes = args.episodes_per_env * num_envs
-            raw = raw_collection(num_envs, episodes, args.seed)
-            trained = training(num_envs, episodes, args.seed, device.type, Path(folder))
-            lecture = lecture or trained
-            print(f"| {num_envs} | {raw['episodes']:.3f} | {raw['steps']:.2f} | {trained['episodes']:.3f} "
-                  f"| {trained['steps']:.2f} | {trained['gradient_steps']:.2f} "
-                  f"| {trained['episodes'] / raw['episodes']:.2f} | {trained['episodes'] / lecture['episodes']:.2f} |",
-                  flush=True)
-
-    print(f"\nEnvironment worker: {raw['worker_mb']:.0f} MB resident after its episodes, the largest of "
-          f"{num_envs}; torch loaded in it: {'yes' if raw['torch_in_worker'] else 'no'}")
+        tables = {backend: measure_backend(backend, args, device, Path(folder))
+                  for backend in (("local", "ray") if args.backend == "both" else (args.backend,))}
+    if len(tables) == 2:
+        print("| N | (a) ray/local | (b) ray/local |\n|--:|--:|--:|")
+        for num_envs, (raw, trained) in tables["ray"].items():
+            local_raw, local_trained = tables["local"][num_envs]
+            print(f"| {num_envs} | {raw['episodes'] / local_raw['episodes']:.2f} "
+                  f"| {trained['episodes'] / local_trained['episodes']:.2f} |")
+        print()
     lecture_bytes = 2 * 5 * 40 * 40 * 4
     for streams in sorted({1, args.max_envs}):
         memory = ReplayMemory(10_000, device, num_streams=streams)
-        print(f"\nReplay memory, capacity 10,000, {streams} stream{'s' if streams > 1 else ''}: "
+        print(f"Replay memory, capacity 10,000, {streams} stream{'s' if streams > 1 else ''}: "
               f"{memory.nbytes / 1e6:.2f} MB allocated, {memory.nbytes / 10_000:.0f} bytes per transition "
-              f"(the lecture's two float stacks: {lecture_bytes:,} bytes)", end="")
-    print()
+              f"(the lecture's two float stacks: {lecture_bytes:,} bytes)")
     return 0
 
 

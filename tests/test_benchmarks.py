@@ -161,5 +161,6 @@ def test_throughput_reports_a_row_per_worker_count_and_a_workers_memory(tmp_path
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)
-    [memory] = [line for line in result.stdout.splitlines() if line.startswith("Environment worker: ")]
-    assert 50 < float(memory.split()[2]) < 4000, memory
+    [memory] = [line for line in result.stdout.splitlines() if line.startswith("Environment worker (local): ")]
+    assert 50 < float(memory.split()[3]) < 4000, memory
+    assert memory.endswith("torch loaded in it: no"), "a worker imports pybullet and the environment only"
