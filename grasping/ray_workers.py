@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from grasping.cli import UsageError, WorkerError
-from grasping.environment import Observation, make_env, seed_environment
+from grasping.environment import Observation, make_env, render_scene, seed_environment
 from grasping.workers import worker_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ class RayEnvPool:
         return self.ray.get(self.actors[index].call.remote(function, args))
 
     def scene(self, index: int, size: int = 256) -> np.ndarray:
-        from grasping.environment import render_scene
+        """Actor `index`'s scene as `render_scene` draws it; call only while no other reply is due from it."""
         return self.call(index, render_scene, size)
 
     def poll(self) -> bool:
