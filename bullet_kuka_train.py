@@ -32,11 +32,11 @@ from grasping.checkpoints import (check_writable_folder, load_checkpoint, load_s
 from grasping.cli import (OneLineArgumentParser, Terminated, UsageError, WorkerError, add_backend_arguments,
                           check_backend_arguments, exit_status, non_negative_int, positive_float, positive_int,
                           probability, raise_terminated, report_errors, seed_int)
-from grasping.environment import display_problem, make_env
+from grasping.environment import display_problem
 from grasping.pose_agent import PoseAgent, agent_config
 from grasping.rollouts import Policy, Rollouts
 from grasping.runlog import BEST_MODEL_AFTER_EPISODE, RESUMED_COUNTS, SOLVE_AFTER_EPISODE, RunLog
-from grasping.workers import EnvPool, open_pool
+from grasping.workers import EnvPool, open_environments
 
 RESUME_KEYS = ("policy_net_state_dict", "optimizer_policy_net_state_dict", *RESUMED_COUNTS)
 """What a resumable state must hold (the replay memory is restored when it fits)."""
@@ -477,16 +477,12 @@ def train(args: argparse.Namespace) -> TrainingRun:
     seed = args.seed + (resumed["episode"] if resumed else 0)
     seed_everything(seed)
     observation = Observation(args.image_size, args.rgb)
-    if args.num_envs == 1 and args.backend == "local":
-        env = make_env(is_test=False, max_steps=args.max_steps, renders=args.render,
-                       camera_size=observation.camera_size)
-        n_actions = env.action_space.n
-    else:
+    if args.num_envs > 1 or args.backend != "local":
         torch.set_num_threads(1)  # the other cores belong to the workers' physics
-        env = open_pool(args.backend, args.num_envs, seed, False, args.max_steps, observation, args.ray_address)
-        n_actions = env.n_actions
-        if args.backend == "ray":
-            tqdm.write(env.describe())
+    env, n_actions, in_process = open_environments(args.backend, args.num_envs, seed, False, args.max_steps,
+                                                   observation, args.ray_address, renders=args.render)
+    if args.backend == "ray":
+        tqdm.write(env.describe())
     try:
         agent = make_agent(args, observation, n_actions, device, seed)
         memory_note = resume_agent(agent, resumed, state_path, args) if resumed else ""
@@ -496,15 +492,17 @@ def train(args: argparse.Namespace) -> TrainingRun:
         raise
     if resumed:
         tqdm.write(f"Resuming from {state_path} at episode {log.start_episode} ({memory_note})")
-    return run_to_the_end(Trainer(agent, log, observation, args.updates_per_step), env, args, state_path)
+    return run_to_the_end(Trainer(agent, log, observation, args.updates_per_step), env, in_process, args, state_path)
 
 
-def run_to_the_end(trainer: Trainer, env: Any, args: argparse.Namespace, state_path: Path) -> TrainingRun:
-    """Run the loop; whatever stops it, close the environments and save the resumable state."""
+def run_to_the_end(trainer: Trainer, env: Any, in_process: bool, args: argparse.Namespace,
+                   state_path: Path) -> TrainingRun:
+    """Run the loop (the lecture's for one environment in this process); whatever stops it, close the
+    environments and save the resumable state."""
     stop: Optional[KeyboardInterrupt] = None
     failure: Optional[WorkerError] = None
     try:
-        if args.num_envs == 1 and args.backend == "local":
+        if in_process:
             run_lecture_loop(trainer, env, args.max_steps)
         else:
             run_parallel_loop(trainer, env)

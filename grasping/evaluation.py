@@ -13,12 +13,12 @@ import torch
 
 from common import DQN, DQNPolicy, FrameStack, Observation, seed_everything
 from grasping.checkpoints import load_checkpoint, load_state, observation_of
-from grasping.environment import make_env, render_scene
+from grasping.environment import render_scene
 from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, agent_config
 from grasping.recording import EpisodeRecorder
 from grasping.rollouts import Policy, Rollouts
 from grasping.stats import success_rate, wilson_interval
-from grasping.workers import EnvPool, open_pool
+from grasping.workers import EnvPool, open_environments
 
 EpisodeReport = Callable[[int, float], None]
 """Called with each episode's number (from 1) and reward, in episode order."""
@@ -145,15 +145,10 @@ def evaluate(checkpoint: Optional[Path], episodes: int, is_test: bool = True, se
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, device, ("policy_net_state_dict",))
         observation = observation_of(agent_config(saved, checkpoint)[1])
-    in_process = num_envs == 1 and backend == "local"
-    if in_process:
-        env = make_env(is_test=is_test, max_steps=max_steps, renders=render, camera_size=observation.camera_size)
-        n_actions = env.action_space.n
-    else:
-        env = open_pool(backend, num_envs, seed, is_test, max_steps, observation, ray_address)
-        n_actions = env.n_actions
-        if backend == "ray" and on_start is not None:
-            on_start(env.describe())
+    env, n_actions, in_process = open_environments(backend, num_envs, seed, is_test, max_steps, observation,
+                                                   ray_address, renders=render)
+    if backend == "ray" and on_start is not None:
+        on_start(env.describe())
     try:
         if checkpoint is None:
             policy = random_policy(n_actions, seed, num_envs)

@@ -72,6 +72,18 @@ def _main_script_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+def open_environments(backend: str, num_envs: int, seed: int, is_test: bool, max_steps: int,
+                      observation: Observation, ray_address: Optional[str] = None, renders: bool = False
+                      ) -> tuple[Any, int, bool]:
+    """(environments, number of actions, in this process): the lecture's one environment in this process when
+    `num_envs` is 1 on the local backend (the caller has seeded it), otherwise `open_pool`'s workers."""
+    if num_envs == 1 and backend == "local":
+        env = make_env(is_test, max_steps, renders=renders, camera_size=observation.camera_size)
+        return env, env.action_space.n, True
+    pool = open_pool(backend, num_envs, seed, is_test, max_steps, observation, ray_address)
+    return pool, pool.n_actions, False
+
+
 def open_pool(backend: str, num_envs: int, seed: int, is_test: bool, max_steps: int = 20,
               observation: Optional[Observation] = None, ray_address: Optional[str] = None) -> Any:
     """The environment workers `--backend` names: this machine's processes ("local", `EnvPool`) or Ray actors
