@@ -1,24 +1,31 @@
-"""The lecture's shared pieces of DQN for KUKA grasping: the frame stack, the replay memory, the convolutional
-Q-networks, the epsilon schedule, action selection, random shifts, soft updates and one optimisation step.
-Preprocessing (`Observation`) is done in the environment workers, so it lives in grasping.environment, which
-imports no torch; `to_float` makes the network's input of its frames. The scripts hold the loops.
+"""The lecture's pieces of DQN for KUKA grasping: the preprocessing, the frame stack, the replay memory, the
+convolutional Q-network, the epsilon schedule, action selection and one optimisation step, with the opt-ins the
+training flags switch on (colour and larger frames, finer convolutions, n-step and Double DQN targets, random
+shifts, soft updates).
+
+This module depends on nothing of the `grasping` package: the package builds the agents, the loops and the
+environment workers on top of it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
-from collections import deque, namedtuple
-from typing import Any, Iterator, Optional
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
-from grasping.cli import UsageError
-from grasping.environment import SCREEN_SIZE, Observation, seed_environment
-from grasping.kinematics import POSE_FEATURES, EpisodeTracker, pose_features, poses_after
-
+SCREEN_SIZE = 40
+"""Side of the square grayscale screen the network sees (the lecture's; --image-size changes it)."""
+CAMERA_SIZE = 48
+"""Side of the environment's camera image, KukaDiverseObjectEnv's default and the lecture's."""
 STACK_SIZE = 5
 """Consecutive screens in one state, as in the lecture."""
 MIN_IMAGE_SIZE = 36
@@ -27,26 +34,63 @@ ACTION_NAMES = ("stay", "x-", "x+", "y-", "y+", "turn-", "turn+")
 """The 7 discrete actions of the environment with the height hack: the gripper descends with each."""
 TIMESTEP_SCALE = 10.0
 """With --timestep-input the network gets t / TIMESTEP_SCALE: an episode lasts about 7 actions."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when a GPU is usable; asking for 'cuda' without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no usable CUDA GPU here (torch.cuda.is_available() is False); use --device cpu")
-    return torch.device(name)
+POSE_FEATURES = 4
+"""Numbers a commanded pose gives the network with --pose-input: x, y, and the angle as (sin 2a, cos 2a)."""
 
 
 def seed_everything(seed: int) -> None:
-    """Seed the global generators: the environment's (`random`, NumPy) and torch's."""
-    seed_environment(seed)
+    """Seed the global generators: the environment's (it places objects with `random` and NumPy) and torch's."""
+    random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------
-# Observations
+# Preprocessing and the frame stack
 # ---------------------------------------------------------------------------
+
+
+def preprocess_frame(obs: np.ndarray, size: int = SCREEN_SIZE, rgb: bool = False) -> np.ndarray:
+    """An RGB observation (H, W, 3) uint8 -> grayscale, bicubic 40x40, uint8 of shape (40, 40).
+
+    Divided by 255 (`to_float`) it is exactly the lecture's torchvision pipeline (ToPILImage,
+    Grayscale, Resize(40, bicubic), ToTensor); kept as bytes, a frame costs 1,600 bytes in the replay memory.
+    Other options give a `size` x `size` frame (resized only if the camera's differs), and with
+    `rgb` the colour channels first: (3, size, size).
+    """
+    if obs.ndim != 3 or obs.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {obs.shape}")
+    image = Image.fromarray(np.asarray(obs, dtype=np.uint8))
+    if not rgb:
+        image = image.convert("L")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    frame = np.array(image, dtype=np.uint8)
+    return np.ascontiguousarray(frame.transpose(2, 0, 1)) if rgb else frame
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the network sees of each camera image: a `size` x `size` frame, grayscale (the lecture's) or RGB.
+
+    The camera renders at the environment's 48x48, or at `size` when that is larger, so that a
+    larger input holds more detail rather than an enlarged image. Checkpoints record both fields.
+    """
+
+    size: int = SCREEN_SIZE
+    rgb: bool = False
+
+    @property
+    def camera_size(self) -> int:
+        return max(CAMERA_SIZE, self.size)
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size) if self.rgb else (self.size, self.size)
+
+    def preprocess(self, obs: np.ndarray) -> np.ndarray:
+        """A camera image as this observation's uint8 frame."""
+        return preprocess_frame(obs, self.size, self.rgb)
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:
@@ -62,10 +106,11 @@ class FrameStack:
     an episode starts from `size` copies of its first frame, as in the lecture."""
 
     def __init__(self, size: int = STACK_SIZE) -> None:
+        self.size = size
         self.frames: deque[np.ndarray] = deque(maxlen=size)
 
     def reset(self, frame: np.ndarray) -> np.ndarray:
-        self.frames.extend([frame] * self.frames.maxlen)
+        self.frames.extend([frame] * self.size)
         return self.state()
 
     def push(self, frame: np.ndarray) -> np.ndarray:
@@ -80,12 +125,30 @@ class FrameStack:
 # Replay memory
 # ---------------------------------------------------------------------------
 
-Batch = namedtuple("Batch", ("state", "action", "next_state", "reward", "done", "timestep", "next_timestep",
-                             "pose", "next_pose"), defaults=(None, None))
-"""Sampled transitions as tensors on the memory's device: uint8 states (B, STACK_SIZE, *frame shape), int64
-actions, float32 rewards, bool `done`, int64 timesteps (actions taken before `state` and `next_state`); a
-terminal transition's `next_state` is meaningless. With `first_frame` the episode's first frame leads each
-stack (B, 1 + STACK_SIZE, ...); with `poses`, the commanded poses (B, 3) at both states (kinematics.Pose)."""
+PoseFeatures = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(actions (B, H) int64, counts (B,) int64) -> float32 (B, POSE_FEATURES): the network's pose input after the
+first counts[b] actions of each row's episode (the package's kinematics gives one)."""
+
+
+class Batch(NamedTuple):
+    """Sampled transitions as tensors on the memory's device, B of them.
+
+    `state` and `next_state` are uint8 (B, STACK_SIZE, *frame shape), or (B, 1 + STACK_SIZE, ...) with the
+    episode's first frame ahead of the stack; a terminal transition's `next_state` is meaningless. `action`,
+    `timestep` and `next_timestep` (actions taken before `state` and before `next_state`) are int64 (B,),
+    `reward` float32 (B,), `done` bool (B,). With pose features, `pose` and `next_pose` are float32
+    (B, POSE_FEATURES) at both states; otherwise None.
+    """
+
+    state: torch.Tensor
+    action: torch.Tensor
+    next_state: torch.Tensor
+    reward: torch.Tensor
+    done: torch.Tensor
+    timestep: torch.Tensor
+    next_timestep: torch.Tensor
+    pose: torch.Tensor | None = None
+    next_pose: torch.Tensor | None = None
 
 
 class ReplayMemory:
@@ -95,26 +158,34 @@ class ReplayMemory:
     the lecture's two float stacks. States are rebuilt from the frames their stream stored before them, so
     transitions arrive in `streams` (one per environment), each in the order it happened, and each stream
     keeps its share of the capacity, as Stable-Baselines3 does with several environments. With `first_frame`
-    each state carries its episode's first frame; with `poses` the batch carries the commanded pose, which
-    follows from the actions since the episode's start; either keeps `max_episode_steps` spare slots.
+    each state carries its episode's first frame; with `pose_features` the batch carries the network's pose
+    input, computed from the actions since the episode's start; either keeps `max_episode_steps` spare slots.
     """
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu", num_streams: int = 1,
-                 seed: Optional[int] = None, frame_shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE),
-                 first_frame: bool = False, poses: bool = False, max_episode_steps: int = 20) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        device: torch.device | str = "cpu",
+        num_streams: int = 1,
+        seed: int | None = None,
+        frame_shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE),
+        first_frame: bool = False,
+        pose_features: PoseFeatures | None = None,
+        max_episode_steps: int = 20,
+    ) -> None:
         """`frame_shape` is one preprocessed frame's (`Observation.frame_shape`), the lecture's by default."""
         if capacity < num_streams:
             raise ValueError(f"capacity {capacity} is smaller than the number of streams {num_streams}")
         self.capacity = capacity
         self.device = torch.device(device)
-        self.first_frame, self.poses = first_frame, poses
+        self.first_frame, self.pose_features = first_frame, pose_features
         self.shares = np.array([capacity // num_streams + (s < capacity % num_streams) for s in range(num_streams)])
         # Spare slots keep the frames of the oldest transition's state (or episode) alive while the
         # newest next frame is written.
-        self.history = max(STACK_SIZE, max_episode_steps) if first_frame or poses else STACK_SIZE
+        whole_episodes = first_frame or pose_features is not None
+        self.history = max(STACK_SIZE, max_episode_steps) if whole_episodes else STACK_SIZE
         self.slots = int(self.shares.max()) + self.history
-        self.frames = torch.zeros((num_streams, self.slots, *frame_shape), dtype=torch.uint8,
-                                  device=self.device)
+        self.frames = torch.zeros((num_streams, self.slots, *frame_shape), dtype=torch.uint8, device=self.device)
         self.actions = np.zeros((num_streams, self.slots), dtype=np.int64)
         self.rewards = np.zeros((num_streams, self.slots), dtype=np.float32)
         self.dones = np.zeros((num_streams, self.slots), dtype=bool)
@@ -123,12 +194,13 @@ class ReplayMemory:
         self.pushed = np.zeros(num_streams, dtype=np.int64)
         self.oldest = np.zeros(num_streams, dtype=np.int64)
         """Step number of each stream's oldest transition still held."""
-        self._last_next_state: list[Optional[np.ndarray]] = [None] * num_streams
+        self._last_next_state: list[np.ndarray | None] = [None] * num_streams
         self._episode_start = np.zeros(num_streams, dtype=np.int64)
         self.rng = np.random.default_rng(seed)
 
-    def push(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
-             stream: int = 0) -> None:
+    def push(
+        self, state: np.ndarray, action: int, next_state: np.ndarray | None, reward: float, stream: int = 0
+    ) -> None:
         """Save a transition; `next_state` is None when it ended the episode. Overwrites the stream's oldest.
 
         A state must be its stream's previous `next_state` or, after a terminal transition, copies
@@ -174,46 +246,54 @@ class ReplayMemory:
         r_t + gamma r_t+1 + ... over n steps or up to the episode's end, `next_state` the state n
         steps on, and `done` whether the episode ended within them. n_step = 1 is the lecture's.
         """
-        ready = np.maximum(self.pushed - self.oldest - (n_step - 1), 0)
+        ready = np.maximum(self.pushed - self.oldest - (n_step - 1), 0)  # (streams,) transitions each can give
         if batch_size > ready.sum():
             raise ValueError(f"cannot sample {batch_size} transitions from a memory with {ready.sum()} ready")
-        ends = np.cumsum(ready)
-        flat = self.rng.choice(ends[-1], size=batch_size, replace=False)
-        stream = np.searchsorted(ends, flat, side="right")
+        ends = np.cumsum(ready)  # the streams' ready transitions laid end to end: stream s ends at ends[s]
+        flat = self.rng.choice(ends[-1], size=batch_size, replace=False)  # (B,) positions in that line
+        stream = np.searchsorted(ends, flat, side="right")  # (B,) the stream each position falls in
         return self.gather(stream, self.oldest[stream] + flat - (ends - ready)[stream], n_step, gamma)
 
     def gather(self, stream: np.ndarray, step: np.ndarray, n_step: int, gamma: float) -> Batch:
-        """The n-step transitions at these (stream, step within the stream) pairs, held in memory, on the device."""
-        batch_size = len(step)
-        slot = step % self.slots
+        """The n-step transitions at these (stream, step within the stream) pairs, held in memory, on the device.
 
-        ahead = (step[:, None] + np.arange(n_step)) % self.slots
-        dones = self.dones[stream[:, None], ahead]
+        `stream` and `step` are int64 (B,). Steps count from each stream's first push; a step's slot is
+        step % slots. Frames are stored once: the state at step t is the frames of steps t-4 .. t, and the
+        next state n steps on is those of t+n-4 .. t+n (the frame of step k being the one `state` held last).
+        """
+        batch_size = len(step)
+        slot = step % self.slots  # (B,)
+
+        # The n steps from each transition on: (B, n). A step counts towards the return until the first
+        # terminal one, which it includes: before_end[b, k] is whether no step before k ended the episode.
+        ahead = (step[:, None] + np.arange(n_step)) % self.slots  # (B, n) slots
+        dones = self.dones[stream[:, None], ahead]  # (B, n)
         before_end = np.cumprod(np.hstack((np.ones((batch_size, 1), bool), ~dones[:, :-1])), axis=1).astype(bool)
-        discounts = gamma ** np.arange(n_step)
+        discounts = gamma ** np.arange(n_step)  # (n,)
         rewards = (self.rewards[stream[:, None], ahead] * before_end * discounts).sum(axis=1).astype(np.float32)
 
-        # Frames from before the episode's first step are replaced by its first frame, as in FrameStack.
-        back = np.arange(STACK_SIZE - 1, -1, -1)
-        first = self.episode_starts[stream, slot][:, None]
-        state_steps = np.maximum(step[:, None] - back, first)
-        next_steps = np.maximum(step[:, None] + n_step - back, first)
-        if self.first_frame:
+        # The frames of each state and next state: (B, STACK_SIZE) steps, oldest first. Steps from before the
+        # episode's first one are replaced by it, as FrameStack repeats the first frame.
+        back = np.arange(STACK_SIZE - 1, -1, -1)  # (STACK_SIZE,): 4, 3, 2, 1, 0
+        first = self.episode_starts[stream, slot][:, None]  # (B, 1) step of the episode's first transition
+        state_steps = np.maximum(step[:, None] - back, first)  # (B, STACK_SIZE)
+        next_steps = np.maximum(step[:, None] + n_step - back, first)  # (B, STACK_SIZE)
+        if self.first_frame:  # the episode's first frame leads: (B, 1 + STACK_SIZE)
             state_steps, next_steps = np.hstack((first, state_steps)), np.hstack((first, next_steps))
-        index = torch.from_numpy(np.stack((state_steps, next_steps)) % self.slots).to(self.device)
-        frames = self.frames[torch.from_numpy(stream).to(self.device)[:, None], index]
-        timestep, next_timestep = step - first[:, 0], step + n_step - first[:, 0]
+        index = torch.from_numpy(np.stack((state_steps, next_steps)) % self.slots).to(self.device)  # (2, B, S)
+        frames = self.frames[torch.from_numpy(stream).to(self.device)[:, None], index]  # (2, B, S, *frame shape)
+        timestep, next_timestep = step - first[:, 0], step + n_step - first[:, 0]  # (B,) actions taken before
         pose = next_pose = None
-        if self.poses:  # the actions since the episode's start, n_step more for the next state
+        if self.pose_features is not None:  # from the episode's actions: (B, history + n) from its first step
             taken = self.actions[stream[:, None], (first + np.arange(self.history + n_step)) % self.slots]
-            pose = torch.from_numpy(poses_after(taken, timestep)).to(self.device)
-            next_pose = torch.from_numpy(poses_after(taken, next_timestep)).to(self.device)
+            pose = torch.from_numpy(self.pose_features(taken, timestep)).to(self.device)  # (B, POSE_FEATURES)
+            next_pose = torch.from_numpy(self.pose_features(taken, next_timestep)).to(self.device)
         return Batch(
             state=frames[0],
             action=torch.from_numpy(self.actions[stream, slot]).to(self.device),
             next_state=frames[1],
             reward=torch.from_numpy(rewards).to(self.device),
-            done=torch.from_numpy((dones & before_end).any(axis=1)).to(self.device),
+            done=torch.from_numpy((dones & before_end).any(axis=1)).to(self.device),  # ended within the n steps
             timestep=torch.from_numpy(timestep).to(self.device),
             next_timestep=torch.from_numpy(next_timestep).to(self.device),
             pose=pose,
@@ -225,16 +305,27 @@ class ReplayMemory:
         unfinished episode is left out (its environment starts a new one on resume)."""
         unfinished = np.array([state is not None for state in self._last_next_state])
         pushed = np.where(unfinished, self._episode_start, self.pushed)
-        arrays = dict(actions=self.actions, rewards=self.rewards, dones=self.dones,
-                      episode_starts=self.episode_starts, pushed=pushed, oldest=np.minimum(self.oldest, pushed))
-        return {"frames": self.frames.cpu(), **{key: torch.from_numpy(value.copy()) for key, value in arrays.items()},
-                "rng": self.rng.bit_generator.state}
+        arrays: dict[str, np.ndarray] = dict(
+            actions=self.actions,
+            rewards=self.rewards,
+            dones=self.dones,
+            episode_starts=self.episode_starts,
+            pushed=pushed,
+            oldest=np.minimum(self.oldest, pushed),
+        )
+        return {
+            "frames": self.frames.cpu(),
+            **{key: torch.from_numpy(value.copy()) for key, value in arrays.items()},
+            "rng": self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take over a `state_dict` saved by a memory of the same capacity and number of streams."""
         if tuple(state["frames"].shape) != tuple(self.frames.shape):
-            raise ValueError(f"saved for {state['frames'].shape[0]} stream(s) of {state['frames'].shape[1]} slots, "
-                             f"not {self.frames.shape[0]} of {self.frames.shape[1]}")
+            raise ValueError(
+                f"saved for {state['frames'].shape[0]} stream(s) of {state['frames'].shape[1]} slots, "
+                f"not {self.frames.shape[0]} of {self.frames.shape[1]}"
+            )
         self.frames.copy_(state["frames"])
         for key in ("actions", "rewards", "dones", "episode_starts", "pushed", "oldest"):
             getattr(self, key)[...] = state[key].numpy()
@@ -266,15 +357,23 @@ class DQN(nn.Module):
 
     Opt-in: `timestep_input` feeds the episode's timestep to the hidden layer (the slides' state includes t,
     the lecture's code does not); `rgb` takes colour frames, three channels each; `first_frame_input` puts
-    the episode's first frame ahead of the stack, and `pose_input` the commanded pose (pose_features) beside
-    the image features: what the pose agent knows.
+    the episode's first frame ahead of the stack, and `pose_input` the commanded pose (POSE_FEATURES numbers)
+    beside the image features: what the pose agent knows.
     """
 
     network = "lecture"
     """How `--network` and a checkpoint's `config` name this class's convolutions."""
 
-    def __init__(self, h: int, w: int, outputs: int, timestep_input: bool = False, rgb: bool = False,
-                 first_frame_input: bool = False, pose_input: bool = False) -> None:
+    def __init__(
+        self,
+        h: int,
+        w: int,
+        outputs: int,
+        timestep_input: bool = False,
+        rgb: bool = False,
+        first_frame_input: bool = False,
+        pose_input: bool = False,
+    ) -> None:
         super().__init__()
         self.timestep_input, self.first_frame_input, self.pose_input = timestep_input, first_frame_input, pose_input
         self.rgb, self.image_size = rgb, h
@@ -299,8 +398,9 @@ class DQN(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         return F.relu(self.conv3(x))
 
-    def forward(self, x: torch.Tensor, timestep: Optional[torch.Tensor] = None,
-                pose: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timestep: torch.Tensor | None = None, pose: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """States (B, channels, h, w), with `timestep_input` their timesteps (B,), with `pose_input` their
         pose features (B, POSE_FEATURES) -> Q-values (B, outputs)."""
         x = self.convolutions(x).flatten(start_dim=1)
@@ -318,22 +418,42 @@ class DQN(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """What a checkpoint records so that `DQN.from_config` rebuilds this network from the file alone."""
-        return {"timestep_input": self.timestep_input, "image_size": self.image_size, "rgb": self.rgb,
-                "network": self.network, "first_frame_input": self.first_frame_input, "pose_input": self.pose_input}
+        return {
+            "timestep_input": self.timestep_input,
+            "image_size": self.image_size,
+            "rgb": self.rgb,
+            "network": self.network,
+            "first_frame_input": self.first_frame_input,
+            "pose_input": self.pose_input,
+        }
 
     @classmethod
-    def for_observation(cls, observation: Observation, outputs: int, timestep_input: bool = False,
-                        first_frame_input: bool = False, pose_input: bool = False) -> "DQN":
+    def for_observation(
+        cls,
+        observation: Observation,
+        outputs: int,
+        timestep_input: bool = False,
+        first_frame_input: bool = False,
+        pose_input: bool = False,
+    ) -> DQN:
         """This class's network for stacks of `observation`'s frames."""
-        return cls(observation.size, observation.size, outputs, timestep_input, observation.rgb,
-                   first_frame_input=first_frame_input, pose_input=pose_input)
+        return cls(
+            observation.size,
+            observation.size,
+            outputs,
+            timestep_input,
+            observation.rgb,
+            first_frame_input=first_frame_input,
+            pose_input=pose_input,
+        )
 
     @staticmethod
-    def from_config(config: dict[str, Any], outputs: int) -> "DQN":
+    def from_config(config: dict[str, Any], outputs: int) -> DQN:
         """The network a checkpoint's `config` (as `checkpoint_config` reads it) describes."""
         observation = Observation(config["image_size"], config["rgb"])
-        return NETWORKS[config["network"]].for_observation(observation, outputs, config["timestep_input"],
-                                                           config["first_frame_input"], config["pose_input"])
+        return NETWORKS[config["network"]].for_observation(
+            observation, outputs, config["timestep_input"], config["first_frame_input"], config["pose_input"]
+        )
 
 
 class FineDQN(DQN):
@@ -351,8 +471,10 @@ class FineDQN(DQN):
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3, stride=2, padding=1)
         self.bn3 = nn.BatchNorm2d(64)
         self.conv4 = nn.Conv2d(64, 64, kernel_size=3, stride=2, padding=1)
-        sizes = [conv2d_size_out(conv2d_size_out(conv2d_size_out(conv2d_size_out(side, 4, 2, 1), 3, 1, 1), 3, 2, 1),
-                                 3, 2, 1) for side in (h, w)]
+        sizes = [
+            conv2d_size_out(conv2d_size_out(conv2d_size_out(conv2d_size_out(side, 4, 2, 1), 3, 1, 1), 3, 2, 1), 3, 2, 1)
+            for side in (h, w)
+        ]
         return sizes[0] * sizes[1] * 64
 
     def convolutions(self, x: torch.Tensor) -> torch.Tensor:
@@ -389,13 +511,14 @@ def evaluating(net: nn.Module) -> Iterator[None]:
         net.train(was_training)
 
 
-def greedy_actions(policy_net: nn.Module, states: np.ndarray, timesteps: Optional[list[int]] = None,
-                   poses: Optional[np.ndarray] = None) -> list[int]:
-    """argmax_a Q(state, a) for a batch of uint8 states (and their timesteps and commanded poses), in one forward
-    pass, in eval mode."""
+def greedy_actions(
+    policy_net: nn.Module, states: np.ndarray, timesteps: list[int] | None = None, poses: np.ndarray | None = None
+) -> list[int]:
+    """argmax_a Q(state, a) for a batch of uint8 states (and their timesteps, and pose features (B, POSE_FEATURES)),
+    in one forward pass, in eval mode."""
     device = next(policy_net.parameters()).device
     timestep = None if timesteps is None else torch.tensor(timesteps, device=device)
-    pose = None if poses is None else pose_features(torch.from_numpy(poses).to(device))
+    pose = None if poses is None else torch.from_numpy(poses).to(device)
     with evaluating(policy_net):
         return policy_net(to_float(torch.from_numpy(states).to(device)), timestep, pose).argmax(dim=1).tolist()
 
@@ -423,43 +546,32 @@ def soft_update(target_net: nn.Module, policy_net: nn.Module, tau: float) -> Non
                 target.copy_(source)
 
 
-def select_actions(policy_net: nn.Module, states: np.ndarray, epsilon: float, n_actions: int, rng: random.Random,
-                   timesteps: Optional[list[int]] = None, poses: Optional[np.ndarray] = None) -> list[int]:
+def select_actions(
+    policy_net: nn.Module,
+    states: np.ndarray,
+    epsilon: float,
+    n_actions: int,
+    rng: random.Random,
+    timesteps: list[int] | None = None,
+    poses: np.ndarray | None = None,
+) -> list[int]:
     """Epsilon-greedy for each state: uniform with probability epsilon, else greedy (one batched pass)."""
     explore = [rng.random() <= epsilon for _ in range(len(states))]
     greedy = greedy_actions(policy_net, states, timesteps, poses) if not all(explore) else []
     return [rng.randrange(n_actions) if explore[i] else greedy[i] for i in range(len(states))]
 
 
-class DQNPolicy:
-    """Acting with a DQN in a set of environments, as the scripts call a policy: a batch of states, the
-    environments they come from and their timesteps (actions taken in the episode so far). A network with
-    `first_frame_input` or `pose_input` gets them from the episode so far, which an `EpisodeTracker` keeps."""
-
-    def __init__(self, policy_net: DQN, n_actions: int, rng: Optional[random.Random] = None) -> None:
-        self.policy_net, self.n_actions, self.rng = policy_net, n_actions, rng or random.Random(0)
-        self.episodes = EpisodeTracker()
-
-    def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
-        for position, (index, t) in enumerate(zip(indices, timesteps)):
-            if t == 0:
-                self.episodes.start(index, states[position, -1])
-        if self.policy_net.first_frame_input:
-            first = np.stack([self.episodes.first_frames[i] for i in indices])
-            states = np.concatenate((first[:, None], states), axis=1)
-        poses = np.array([self.episodes.poses[i] for i in indices]) if self.policy_net.pose_input else None
-        if epsilon > 0:
-            actions = select_actions(self.policy_net, states, epsilon, self.n_actions, self.rng, timesteps, poses)
-        else:
-            actions = greedy_actions(self.policy_net, states, timesteps, poses)
-        for index, action in zip(indices, actions):
-            self.episodes.moved(index, action)
-        return actions
-
-
-def optimize_model(policy_net: nn.Module, target_net: nn.Module, optimizer: torch.optim.Optimizer,
-                   memory: ReplayMemory, batch_size: int, gamma: float, n_step: int = 1, double_dqn: bool = False,
-                   augment: bool = False) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+def optimize_model(
+    policy_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    memory: ReplayMemory,
+    batch_size: int,
+    gamma: float,
+    n_step: int = 1,
+    double_dqn: bool = False,
+    augment: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """One gradient step on a sampled batch: Huber loss against r + gamma * max_a' Q_target(s', a').
 
     A terminal next state is worth 0. The lecture's step is the default; opt-in, `n_step` bootstraps n steps on
@@ -474,10 +586,7 @@ def optimize_model(policy_net: nn.Module, target_net: nn.Module, optimizer: torc
     if augment:
         state, next_state = random_shift(state), random_shift(next_state)
 
-    pose = next_pose = None
-    if batch.pose is not None:
-        pose, next_pose = pose_features(batch.pose), pose_features(batch.next_pose)
-
+    pose, next_pose = batch.pose, batch.next_pose
     with torch.no_grad():
         next_q = target_net(next_state, batch.next_timestep, next_pose)
         if double_dqn:

@@ -5,31 +5,33 @@
 
 Each argument is a --logdir of bullet_kuka_train.py; a resumed run's folder holds all its pieces.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-matplotlib.use("Agg")  # files only: no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator  # noqa: E402
-
-from grasping.checkpoints import atomic_write, check_writable_folder  # noqa: E402
-from grasping.cli import OneLineArgumentParser, UsageError, report_errors  # noqa: E402
+from grasping.checkpoints import atomic_write, check_writable_folder
+from grasping.cli import OneLineArgumentParser, UsageError, report_errors
 
 CURVES = (("success_rate_last_100", "success over the last 100 episodes (%)"), ("epsilon", "epsilon"))
 """The scalars plotted, as bullet_kuka_train.py logs them against the episode number, and their axis labels."""
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = OneLineArgumentParser(description="Plot bullet_kuka_train.py runs from their TensorBoard logs into a PNG.")
     parser.add_argument("logdirs", type=Path, nargs="+", help="TensorBoard folders of training runs (--logdir)")
-    parser.add_argument("--names", nargs="+", default=None,
-                        help="a legend name for each folder, in the same order (default: the folders' names)")
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        help="a legend name for each folder, in the same order (default: the folders' names)",
+    )
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="the PNG file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
@@ -65,7 +67,8 @@ def plot(args: argparse.Namespace) -> int:
     names = args.names or [logdir.resolve().name for logdir in args.logdirs]
     runs = [(name, read_curves(logdir)) for name, logdir in zip(names, args.logdirs)]
 
-    figure, axes = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=(2, 1))
+    figure = Figure(figsize=(8, 6.5))  # no pyplot: files only, no display needed
+    axes = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     for name, curves in runs:
         for axis, (tag, _) in zip(axes, CURVES):
             axis.plot(*curves[tag], label=name, linewidth=1.2)
@@ -79,12 +82,11 @@ def plot(args: argparse.Namespace) -> int:
     figure.tight_layout()
     with atomic_write(args.out) as handle:
         figure.savefig(handle, format="png", dpi=110)
-    plt.close(figure)
     print(f"Plotted {len(runs)} run{'s' if len(runs) > 1 else ''} into {args.out}")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     return report_errors(lambda: plot(args))
 

@@ -15,39 +15,50 @@ the training; an evaluation under way is finished first) and the next call conti
 (training resumes from its saved state, replay memory included), so a long run can be done in pieces. Every call redraws
 benchmarks/results/learning.png with all configurations.
 """
+
 from __future__ import annotations
 
 import argparse
 import csv
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
 import sys
 import timeit
 from pathlib import Path
-from typing import Optional
 
 import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from grasping.checkpoints import CHECKPOINT_KEYS, atomic_write, resume_path, save_checkpoint
+from grasping.cli import (
+    OneLineArgumentParser,
+    Terminated,
+    exit_status,
+    positive_int,
+    raise_terminated,
+    resolve_device,
+)
+from grasping.evaluation import Evaluation, evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from common import resolve_device  # noqa: E402
-from grasping.checkpoints import CHECKPOINT_KEYS, atomic_write, resume_path, save_checkpoint  # noqa: E402
-from grasping.cli import OneLineArgumentParser, Terminated, exit_status, positive_int, raise_terminated  # noqa: E402
-from grasping.evaluation import Evaluation, evaluate  # noqa: E402
+"""The project folder: the training script and the results live there."""
 
 FIELDS = ("episode", "train_seconds", "policy", "objects", "successes", "episodes", "rate", "ci_low", "ci_high")
 
 
-RUN_SETTINGS = {"episodes": 3000, "eval_every": 250, "eval_episodes": 100, "eval_seed": 1000,
-                "eval_envs": os.cpu_count(), "objects": "both"}
+RUN_SETTINGS = {
+    "episodes": 3000,
+    "eval_every": 250,
+    "eval_episodes": 100,
+    "eval_seed": 1000,
+    "eval_envs": os.cpu_count(),
+    "objects": "both",
+}
 """This script's flags that config.json keeps, with their defaults for a new configuration."""
 SCENE_SETTINGS = ("eval_episodes", "eval_seed", "eval_envs", "objects")
 """The settings that choose the evaluation scenes (worker i plays every N-th): fixed for a configuration's life."""
@@ -64,9 +75,14 @@ def run_training(command: list[str], deadline: float) -> int:
     The child gets SIGINT's default action even if this process was started with it ignored
     (nohup, a background job), or the Ctrl-C would not reach it.
     """
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         _, stderr = process.communicate(timeout=max(1.0, deadline - timeit.default_timer()))
     except subprocess.TimeoutExpired:
@@ -114,20 +130,57 @@ def snapshot(folder: Path, episode: int) -> Path:
 def evaluation_row(result: Evaluation, policy: str, objects: str, episode: int = 0, seconds: float = 0.0) -> dict:
     """An evaluation as a CSV row; `episode` and `seconds` are the training done so far (0 for the random policy)."""
     low, high = result.interval
-    return {"episode": episode, "train_seconds": round(seconds, 1), "policy": policy, "objects": objects,
-            "successes": result.successes, "episodes": result.episodes, "rate": result.successes / result.episodes,
-            "ci_low": round(low, 4), "ci_high": round(high, 4)}
+    return {
+        "episode": episode,
+        "train_seconds": round(seconds, 1),
+        "policy": policy,
+        "objects": objects,
+        "successes": result.successes,
+        "episodes": result.episodes,
+        "rate": result.successes / result.episodes,
+        "ci_low": round(low, 4),
+        "ci_high": round(high, 4),
+    }
 
 
-def measure(checkpoint: Optional[Path], objects: str, args: argparse.Namespace, deadline: float, episode: int = 0,
-            seconds: float = 0.0) -> dict:
+def measure(
+    checkpoint: Path | None,
+    objects: str,
+    args: argparse.Namespace,
+    deadline: float,
+    episode: int = 0,
+    seconds: float = 0.0,
+) -> dict:
     """A checkpoint's greedy policy (None: the random policy) on the configuration's evaluation scenes, as a CSV
     row; not started once the call's minutes are spent."""
     if timeit.default_timer() > deadline:
         raise OutOfTime
-    result = evaluate(checkpoint, args.eval_episodes, objects == "test", args.eval_seed, args.eval_envs,
-                      resolve_device(args.eval_device))
+    result = evaluate(
+        checkpoint,
+        args.eval_episodes,
+        objects == "test",
+        args.eval_seed,
+        args.eval_envs,
+        resolve_device(args.eval_device),
+    )
     return evaluation_row(result, "greedy" if checkpoint else "random", objects, episode, seconds)
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux), or what the platform module knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_name(device: str = "auto") -> str:
+    """This machine as the results tables name it: cores, processor and GPU."""
+    gpu = torch.cuda.get_device_name(0) if resolve_device(device).type == "cuda" else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu_name()}), {gpu}"
 
 
 def read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
@@ -159,10 +212,11 @@ def append_row(path: Path, row: dict) -> None:
 
 def plot(results: Path, out: Path, names: list[str]) -> None:
     """Greedy success against episodes and against training hours, one colour per configuration."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure = Figure(figsize=(12, 4.5))  # no pyplot: files only, no display needed
+    axes = figure.subplots(1, 2, sharey=True)
     random_rates: dict[str, list[float]] = {"test": [], "train": []}
     scripted_rates: dict[str, list[float]] = {"test": [], "train": []}  # benchmarks/scripted_reference.py
-    tab20 = matplotlib.colormaps["tab20"].colors
+    tab20 = matplotlib.colormaps["tab20"].colors  # type: ignore[attr-defined]  # a ListedColormap
     colours = tab20[0::2] + tab20[1::2]  # 10 strong colours, then their light shades: 20 before one repeats
     for index, name in enumerate(names):
         rows = read_rows(results / name / "learning.csv")
@@ -174,22 +228,42 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
             if not points:
                 continue
             rate = [100 * float(r["rate"]) for r in points]
-            error = [[100 * (float(r["rate"]) - float(r["ci_low"])) for r in points],
-                     [100 * (float(r["ci_high"]) - float(r["rate"])) for r in points]]
-            for axis, x in ((axes[0], [int(r["episode"]) for r in points]),
-                            (axes[1], [float(r["train_seconds"]) / 3600 for r in points])):
-                axis.errorbar(x, rate, yerr=error, fmt=style, color=colours[index % len(colours)], capsize=3,
-                              markersize=4, label=f"{name}, {objects} objects")
+            error = [
+                [100 * (float(r["rate"]) - float(r["ci_low"])) for r in points],
+                [100 * (float(r["ci_high"]) - float(r["rate"])) for r in points],
+            ]
+            for axis, x in (
+                (axes[0], [int(r["episode"]) for r in points]),
+                (axes[1], [float(r["train_seconds"]) / 3600 for r in points]),
+            ):
+                axis.errorbar(
+                    x,
+                    rate,
+                    yerr=error,
+                    fmt=style,
+                    color=colours[index % len(colours)],
+                    capsize=3,
+                    markersize=4,
+                    label=f"{name}, {objects} objects",
+                )
     for axis, label in zip(axes, ("training episodes", "training hours (wall clock)")):
         for objects, style in (("test", "--"), ("train", ":")):
             if random_rates[objects]:
                 rates = random_rates[objects]
-                axis.axhline(100 * sum(rates) / len(rates), color="grey", linestyle=style,
-                             label=f"random policy, {objects} objects")
+                axis.axhline(
+                    100 * sum(rates) / len(rates),
+                    color="grey",
+                    linestyle=style,
+                    label=f"random policy, {objects} objects",
+                )
             if scripted_rates[objects]:
                 rates = scripted_rates[objects]
-                axis.axhline(100 * sum(rates) / len(rates), color="black", linestyle=style,
-                             label=f"scripted reference (simulator positions), {objects} objects")
+                axis.axhline(
+                    100 * sum(rates) / len(rates),
+                    color="black",
+                    linestyle=style,
+                    label=f"scripted reference (simulator positions), {objects} objects",
+                )
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("greedy success rate, % (95% CI)")
@@ -202,38 +276,64 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
     figure.suptitle("KUKA grasping: greedy success during training")
     figure.tight_layout(rect=(0, (0.2 * legend_rows + 0.1) / height, 1, 1))
     figure.savefig(out, dpi=120)
-    plt.close(figure)
 
 
 def parse_args() -> argparse.Namespace:
     """This script's flags, completed from (and written back to) the configuration's config.json; the training
     flags in `train_flags`, its folder in `folder`."""
     argv = sys.argv[1:]
-    train_flags = argv[argv.index("--") + 1:] if "--" in argv else None
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    train_flags = argv[argv.index("--") + 1 :] if "--" in argv else None
+    own = argv[: argv.index("--")] if "--" in argv else argv
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", help="the configuration's folder under --results")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
-                        help="where the configurations' folders and the combined plot go")
-    parser.add_argument("--episodes", type=positive_int, help="training episodes in all (default: the "
-                        f"configuration's last, or {RUN_SETTINGS['episodes']})")
-    parser.add_argument("--eval-every", type=positive_int, help="evaluate every this many episodes (default: the "
-                        f"configuration's last, or {RUN_SETTINGS['eval_every']})")
-    parser.add_argument("--eval-episodes", type=positive_int, help="episodes per object set (default: the "
-                        f"configuration's, or {RUN_SETTINGS['eval_episodes']})")
-    parser.add_argument("--eval-seed", type=int, help="seed of the evaluation scenes (default: the "
-                        f"configuration's, or {RUN_SETTINGS['eval_seed']})")
-    parser.add_argument("--eval-envs", type=positive_int,
-                        help="evaluation workers, which also choose the scenes (default: the configuration's, or "
-                             "the number of cores)")
-    parser.add_argument("--objects", choices=("both", "test"), help="object sets each evaluation plays: test and "
-                        "training objects, or the test objects alone to save time (default: the configuration's, or "
-                        f"{RUN_SETTINGS['objects']})")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "benchmarks" / "results",
+        help="where the configurations' folders and the combined plot go",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=positive_int,
+        help=f"training episodes in all (default: the configuration's last, or {RUN_SETTINGS['episodes']})",
+    )
+    parser.add_argument(
+        "--eval-every",
+        type=positive_int,
+        help=f"evaluate every this many episodes (default: the configuration's last, or {RUN_SETTINGS['eval_every']})",
+    )
+    parser.add_argument(
+        "--eval-episodes",
+        type=positive_int,
+        help=f"episodes per object set (default: the configuration's, or {RUN_SETTINGS['eval_episodes']})",
+    )
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        help=f"seed of the evaluation scenes (default: the configuration's, or {RUN_SETTINGS['eval_seed']})",
+    )
+    parser.add_argument(
+        "--eval-envs",
+        type=positive_int,
+        help="evaluation workers, which also choose the scenes (default: the configuration's, or the number of cores)",
+    )
+    parser.add_argument(
+        "--objects",
+        choices=("both", "test"),
+        help="object sets each evaluation plays: test and "
+        "training objects, or the test objects alone to save time (default: the configuration's, or "
+        f"{RUN_SETTINGS['objects']})",
+    )
     parser.add_argument("--eval-device", choices=("auto", "cpu", "cuda"), default="auto", help="evaluation device")
     parser.add_argument("--minutes", type=float, default=9.0, help="stop after this long; call again to go on")
-    parser.add_argument("--plot-with", nargs="+", default=[], metavar="OTHER",
-                        help="also draw NAME/comparison.png: this configuration beside these others (for example "
-                             "scripted-reference, which benchmarks/scripted_reference.py writes)")
+    parser.add_argument(
+        "--plot-with",
+        nargs="+",
+        default=[],
+        metavar="OTHER",
+        help="also draw NAME/comparison.png: this configuration beside these others (for example "
+        "scripted-reference, which benchmarks/scripted_reference.py writes)",
+    )
     args = parser.parse_args(own)
     if not re.fullmatch(r"[\w.-]+", args.name):
         parser.error(f"argument name: letters, digits, '.', '-' and '_' only, got {args.name!r}")
@@ -246,18 +346,22 @@ def parse_args() -> argparse.Namespace:
     config_path = folder / "config.json"
     config = read_config(config_path, parser) if config_path.exists() else {"train_flags": train_flags or []}
     if train_flags is not None and train_flags != config["train_flags"]:
-        parser.error(f"{config_path} holds training flags {config['train_flags']}; pass the same, none, or another "
-                     "name")
+        parser.error(
+            f"{config_path} holds training flags {config['train_flags']}; pass the same, none, or another name"
+        )
     train_flags = config["train_flags"]
     for key, default in RUN_SETTINGS.items():
         given = getattr(args, key)
         if key in SCENE_SETTINGS and given is not None and config.get(key, given) != given:
-            parser.error(f"{config_path} holds --{key.replace('_', '-')} {config[key]}, which chooses the evaluation "
-                         "scenes; pass the same, none, or another name")
+            parser.error(
+                f"{config_path} holds --{key.replace('_', '-')} {config[key]}, which chooses the evaluation "
+                "scenes; pass the same, none, or another name"
+            )
         setattr(args, key, config.get(key, default) if given is None else given)
+    settings = {key: getattr(args, key) for key in RUN_SETTINGS}
+    machine = config.get("machine") or machine_name(args.eval_device)  # where the configuration's first call ran
     with atomic_write(config_path) as file:  # rewritten by every call: never left half-written
-        settings = {key: getattr(args, key) for key in RUN_SETTINGS}
-        file.write((json.dumps({"train_flags": train_flags, **settings}, indent=1) + "\n").encode())
+        file.write((json.dumps({"train_flags": train_flags, **settings, "machine": machine}, indent=1) + "\n").encode())
     args.train_flags, args.folder = train_flags, folder
     return args
 
@@ -278,16 +382,29 @@ def evaluate_due(args: argparse.Namespace, done: set, deadline: float) -> None:
                 row = measure(snapshot(args.folder, episode), objects, args, deadline, episode, seconds)
                 append_row(csv_path, row)
                 done.add(("greedy", objects, episode))
-                print(f"{args.name}: episode {episode}, {objects} objects: {row['successes']}/"
-                      f"{row['episodes']} ({100 * row['rate']:.0f}%)", flush=True)
+                print(
+                    f"{args.name}: episode {episode}, {objects} objects: {row['successes']}/"
+                    f"{row['episodes']} ({100 * row['rate']:.0f}%)",
+                    flush=True,
+                )
 
 
 def train_to(target: int, args: argparse.Namespace, deadline: float) -> None:
     """Train (or resume) the configuration up to episode `target`; a training stopped by a signal is passed on."""
     folder = args.folder
-    command = [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--solve-score", "101",
-               "--checkpoint", str(folder / "policy_dqn.pt"), "--logdir", str(folder / "logs"),
-               *args.train_flags, "--episodes", str(target)]
+    command = [
+        sys.executable,
+        str(ROOT / "bullet_kuka_train.py"),
+        "--solve-score",
+        "101",
+        "--checkpoint",
+        str(folder / "policy_dqn.pt"),
+        "--logdir",
+        str(folder / "logs"),
+        *args.train_flags,
+        "--episodes",
+        str(target),
+    ]
     if resume_path(folder / "policy_dqn.pt").exists():
         command.append("--resume")
     returncode = run_training(command, deadline)
@@ -309,8 +426,10 @@ def run(args: argparse.Namespace, deadline: float) -> None:
         target = min(args.episodes, (episode // args.eval_every + 1) * args.eval_every)
         train_to(target, args, deadline)
         if saved_state(args.folder)[0] < target:
-            print(f"{args.name}: training ended at episode {saved_state(args.folder)[0]}, before {target}: "
-                  "its solve condition was met")
+            print(
+                f"{args.name}: training ended at episode {saved_state(args.folder)[0]}, before {target}: "
+                "its solve condition was met"
+            )
             return
 
 

@@ -12,24 +12,23 @@ the evaluation script shares them, so with the same --seed and --num-envs they a
 scenes. Writes OUT/learning.csv, one row in the learning benchmark's format (policy "scripted"), so that its
 plot draws the reference as a line.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from grasping.cli import OneLineArgumentParser, positive_int, report_errors, seed_int  # noqa: E402
-from grasping.evaluation import play_in_parallel  # noqa: E402
-from grasping.kinematics import START_POSE, X_LIMITS, Y_LIMITS, move  # noqa: E402
-from grasping.pose_agent import PoseLattice  # noqa: E402
-from grasping.workers import EnvPool  # noqa: E402
-from learning import evaluation_row, append_row  # noqa: E402
-from simulator import gripper_and_objects  # noqa: E402
+from benchmarks.learning import ROOT, append_row, evaluation_row
+from benchmarks.simulator import gripper_and_objects
+from common import Observation
+from grasping.cli import OneLineArgumentParser, positive_int, report_errors, seed_int
+from grasping.evaluation import play_in_parallel
+from grasping.kinematics import START_POSE, X_LIMITS, Y_LIMITS, move
+from grasping.pose_agent import PoseLattice
+from grasping.process_pool import ProcessEnvPool
 
 REACH_MARGIN = 60
 """Millimetres outside the clamps that an object still counts as within reach: one step of the arm."""
@@ -39,14 +38,15 @@ class NearestObject:
     """The scripted policy: each episode heads for the unturned final pose nearest to the nearest reachable
     object; with none within reach, for the one nearest to any object."""
 
-    def __init__(self, pool: EnvPool, lattice: PoseLattice) -> None:
-        self.pool, self.lattice = pool, lattice
+    def __init__(self, positions: Callable[[int], tuple[np.ndarray, np.ndarray]], lattice: PoseLattice) -> None:
+        """`positions(index)`: the gripper's (x, y) and each object's (N, 2) in worker `index`'s scene, in metres."""
+        self.positions, self.lattice = positions, lattice
         self.finals = np.array([lattice.poses[i] for i in lattice.finals])
         self.scores: dict[int, np.ndarray] = {}
         self.poses: dict[int, tuple[int, int, int]] = {}
 
     def target(self, index: int) -> int:
-        gripper, objects = self.pool.call(index, gripper_and_objects)
+        gripper, objects = self.positions(index)
         objects_mm = 1000 * objects
         low = np.array([X_LIMITS[0], Y_LIMITS[0]]) - REACH_MARGIN
         high = np.array([X_LIMITS[1], Y_LIMITS[1]]) + REACH_MARGIN
@@ -77,13 +77,18 @@ def main() -> int:
     parser.add_argument("--objects", choices=("test", "train"), default="test", help="object set")
     parser.add_argument("--seed", type=seed_int, default=1000, help="seed of the scenes (the learning benchmark's)")
     parser.add_argument("--num-envs", type=positive_int, default=2, help="workers, which also choose the scenes")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scripted-reference",
-                        help="folder for learning.csv")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "scripted-reference",
+        help="folder for learning.csv",
+    )
     args = parser.parse_args()
 
     def run() -> int:
-        with EnvPool(args.num_envs, args.seed, is_test=args.objects == "test") as pool:
-            result = play_in_parallel(pool, NearestObject(pool, PoseLattice()), args.episodes)
+        with ProcessEnvPool(args.num_envs, args.seed, is_test=args.objects == "test") as pool:
+            policy = NearestObject(lambda index: pool.call(index, gripper_and_objects), PoseLattice())
+            result = play_in_parallel(pool, Observation(), policy, args.episodes)
         print(f"Success rate: {result.success_rate()}, scripted reference on {args.objects} objects")
         args.out.mkdir(parents=True, exist_ok=True)
         append_row(args.out / "learning.csv", evaluation_row(result, "scripted", args.objects))

@@ -3,6 +3,7 @@
 The agents see nothing but the camera. Run in an environment worker with `EnvPool.call(index,
 gripper_and_objects)`; this module is importable by name there, as such a function must be.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """Checkpoint files: written atomically, loaded without running pickled code, and the network configuration
 they record, so that a script rebuilds a network from the file alone."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,14 +10,14 @@ import re
 import secrets
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from common import DQN, MIN_IMAGE_SIZE, NETWORKS, SCREEN_SIZE, Observation
 from grasping.cli import CheckpointError, UsageError
-
 
 CHECKPOINT_KEYS = ("policy_net_state_dict", "target_net_state_dict", "optimizer_policy_net_state_dict")
 """The lecture's checkpoint keys; DQN checkpoints written here always carry them, the pose agent's all but the
@@ -34,8 +35,14 @@ def networks_state(policy_net: DQN, target_net: DQN, optimizer: torch.optim.Opti
     return {**state, "config": policy_net.config}
 
 
-LECTURE_CONFIG = {"timestep_input": False, "image_size": SCREEN_SIZE, "rgb": False, "network": DQN.network,
-                  "first_frame_input": False, "pose_input": False}
+LECTURE_CONFIG = {
+    "timestep_input": False,
+    "image_size": SCREEN_SIZE,
+    "rgb": False,
+    "network": DQN.network,
+    "first_frame_input": False,
+    "pose_input": False,
+}
 """The lecture's network as a checkpoint's `config` records it; a key a checkpoint lacks takes its value here."""
 
 
@@ -45,7 +52,7 @@ def checkpoint_agent(checkpoint: dict[str, Any]) -> str:
     return str(config.get("agent", "dqn")) if isinstance(config, dict) else "dqn"
 
 
-def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
+def checkpoint_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
     """The network configuration a checkpoint records, completed from the lecture's (older files record less).
 
     A checkpoint of another agent (grasping/pose_agent.py) is refused, naming it.
@@ -55,10 +62,15 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     saved = checkpoint.get("config", {})
     config = {**LECTURE_CONFIG, **saved} if isinstance(saved, dict) else None
     flags = ("timestep_input", "rgb", "first_frame_input", "pose_input")
-    if (config is None or config.keys() != LECTURE_CONFIG.keys()
-            or not all(isinstance(config[flag], bool) for flag in flags) or type(config["image_size"]) is not int
-            or config["image_size"] < MIN_IMAGE_SIZE
-            or not isinstance(config["network"], str) or config["network"] not in NETWORKS):
+    if (
+        config is None
+        or config.keys() != LECTURE_CONFIG.keys()
+        or not all(isinstance(config[flag], bool) for flag in flags)
+        or type(config["image_size"]) is not int
+        or config["image_size"] < MIN_IMAGE_SIZE
+        or not isinstance(config["network"], str)
+        or config["network"] not in NETWORKS
+    ):
         raise CheckpointError(f"{path}: its 'config' is not a network configuration: {saved!r}")
     return config
 
@@ -105,7 +117,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, handle)
 
 
-def load_checkpoint(path: Path, device: torch.device, required_keys: tuple[str, ...]) -> dict[str, Any]:
+def load_checkpoint(path: Path, device: torch.device | str, required_keys: tuple[str, ...]) -> dict[str, Any]:
     """Load a checkpoint of tensors and plain data only (weights_only=True): no pickled code runs.
 
     Every fault comes back as a CheckpointError naming the file.

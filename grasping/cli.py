@@ -1,11 +1,17 @@
-"""The command line: argument types, one-line errors, and the signals that stop a run. Imports no torch."""
+"""The command line: argument types, one-line errors, the device flag, and the signals that stop a run. Imports
+no torch (the environment workers import this module); `resolve_device` imports it when called."""
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import signal
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """Ctrl-C and a polite `kill` (or a batch scheduler's time limit): training saves its state on either."""
@@ -49,6 +55,19 @@ def stop_signals_deferred() -> Iterator[None]:
             raise Terminated if received[0] == signal.SIGTERM else KeyboardInterrupt
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device: 'auto' picks CUDA when a GPU is usable; asking for 'cuda' without one is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda: no usable CUDA GPU here (torch.cuda.is_available() is False); use --device cpu"
+        )
+    return torch.device(name)
+
+
 def exit_status(stop: KeyboardInterrupt) -> int:
     """The exit status of a run stopped by Ctrl-C (130) or SIGTERM (143), as a shell reports it."""
     return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
@@ -78,12 +97,19 @@ def report_errors(run: Callable[[], int]) -> int:
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """--backend and --ray-address, the same for both scripts."""
-    parser.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="where the environments run: worker processes on this machine, or Ray actors "
-                             "(pip install -r requirements-ray.txt), which may span a cluster")
-    parser.add_argument("--ray-address", default=None,
-                        help="--backend ray: join this Ray cluster (the head's ADDRESS:PORT, as `ray start --head` "
-                             "prints it); without it Ray starts on this machine")
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where the environments run: worker processes on this machine, or Ray actors "
+        '(pip install -e ".[ray]"), which may span a cluster',
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="--backend ray: join this Ray cluster (the head's ADDRESS:PORT, as `ray start --head` "
+        "prints it); without it Ray starts on this machine",
+    )
 
 
 def check_backend_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -92,8 +118,9 @@ def check_backend_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error("argument --ray-address: applies to --backend ray only")
     for flag in ("render", "gif"):
         if args.backend == "ray" and getattr(args, flag, None):
-            parser.error(f"argument --{flag}: works with the episodes played in this process; use --backend local "
-                         "--num-envs 1")
+            parser.error(
+                f"argument --{flag}: works with the episodes played in this process; use --backend local --num-envs 1"
+            )
 
 
 def positive_int(text: str) -> int:

@@ -1,5 +1,6 @@
-"""The lecture's pybullet environment, and how a camera image becomes the frame a network sees. Imports no torch,
-so that the environment workers stay small."""
+"""The lecture's pybullet environment, made quietly, and the seeds of its workers. Imports no torch (nor common,
+which does), so that the environment workers stay small."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,18 +11,15 @@ import os
 import random
 import sys
 import warnings
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from grasping.cli import UsageError
 
-SCREEN_SIZE = 40
-"""Side of the square grayscale screen the network sees (the lecture's; --image-size changes it)."""
 CAMERA_SIZE = 48
-"""Side of the environment's camera image, its default and the lecture's."""
+"""Side of KukaDiverseObjectEnv's camera image by default (common.CAMERA_SIZE, which this module may not import)."""
 
 
 def seed_environment(seed: int) -> None:
@@ -30,9 +28,15 @@ def seed_environment(seed: int) -> None:
     np.random.seed(seed)
 
 
+def worker_seed(seed: int, index: int) -> int:
+    """The seed of environment worker `index` in a run seeded with `seed`: distinct per worker, fixed per pair."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
 @contextlib.contextmanager
-def _silenced_output() -> Iterator[None]:
-    """Send stdout and stderr, C-level prints included, to /dev/null for the block."""
+def silenced_output() -> Iterator[None]:
+    """Send stdout and stderr, C-level prints included, to /dev/null for the block (pybullet's and Ray's C++
+    code print there)."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -52,28 +56,28 @@ def _silenced_output() -> Iterator[None]:
 
 def quiet_pybullet() -> Any:
     """The pybullet module, imported without its build-time line on the terminal."""
-    with _silenced_output():
+    with silenced_output():
         import pybullet
     return pybullet
 
 
 @functools.cache
-def grasp_env_class() -> type:
+def grasp_env_class() -> Any:
     """Import pybullet's KukaDiverseObjectEnv once, quietly, and return our thin subclass of it.
 
     The import prints pybullet's build time, a `current_dir=` line, gym's NumPy 2 notice and a
     pkg_resources deprecation warning; none of them is an error, so they are kept off the
-    user's terminal. A missing pkg_resources (setuptools 81 and later) is reported plainly.
+    user's terminal. A missing pkg_resources (setuptools 82 and later) is reported plainly.
     """
     try:
-        with warnings.catch_warnings(), _silenced_output():
+        with warnings.catch_warnings(), silenced_output():
             warnings.simplefilter("ignore")
             from pybullet_envs.bullet.kuka_diverse_object_gym_env import KukaDiverseObjectEnv
     except ModuleNotFoundError as error:
         if error.name == "pkg_resources":
             raise UsageError(
-                "pybullet_envs needs pkg_resources, which setuptools 81 and later no longer ship: "
-                "pip install 'setuptools<81'"
+                "pybullet_envs needs pkg_resources, which setuptools 82 and later no longer ship: "
+                "pip install 'setuptools<82'"
             ) from None
         raise
     import pybullet
@@ -98,7 +102,7 @@ def grasp_env_class() -> type:
     return KukaGraspEnv
 
 
-def display_problem() -> Optional[str]:
+def display_problem() -> str | None:
     """Why the PyBullet GUI cannot open here, or None when it can.
 
     On Linux the GUI needs an X display; without one, pybullet ends the whole process with
@@ -132,8 +136,13 @@ def make_env(is_test: bool, max_steps: int = 20, renders: bool = False, camera_s
     environment per process and close() it when done.
     """
     return grasp_env_class()(
-        renders=renders, isDiscrete=True, removeHeightHack=False, maxSteps=max_steps, isTest=is_test,
-        width=camera_size, height=camera_size,
+        renders=renders,
+        isDiscrete=True,
+        removeHeightHack=False,
+        maxSteps=max_steps,
+        isTest=is_test,
+        width=camera_size,
+        height=camera_size,
     )
 
 
@@ -146,46 +155,3 @@ def render_scene(env: Any, size: int = 256) -> np.ndarray:
 
     image = pybullet.getCameraImage(size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix)[2]
     return np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
-
-
-def preprocess_frame(obs: np.ndarray, size: int = SCREEN_SIZE, rgb: bool = False) -> np.ndarray:
-    """An RGB observation (H, W, 3) uint8 -> grayscale, bicubic 40x40, uint8 of shape (40, 40).
-
-    Divided by 255 (common.to_float) it is exactly the lecture's torchvision pipeline (ToPILImage,
-    Grayscale, Resize(40, bicubic), ToTensor); kept as bytes, a frame costs 1,600 bytes in the replay memory.
-    Other options give a `size` x `size` frame (resized only if the camera's differs), and with
-    `rgb` the colour channels first: (3, size, size).
-    """
-    if obs.ndim != 3 or obs.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {obs.shape}")
-    image = Image.fromarray(np.asarray(obs, dtype=np.uint8))
-    if not rgb:
-        image = image.convert("L")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    frame = np.array(image, dtype=np.uint8)
-    return np.ascontiguousarray(frame.transpose(2, 0, 1)) if rgb else frame
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the network sees of each camera image: a `size` x `size` frame, grayscale (the lecture's) or RGB.
-
-    The camera renders at the environment's 48x48, or at `size` when that is larger, so that a
-    larger input holds more detail rather than an enlarged image. Checkpoints record both fields.
-    """
-
-    size: int = SCREEN_SIZE
-    rgb: bool = False
-
-    @property
-    def camera_size(self) -> int:
-        return max(CAMERA_SIZE, self.size)
-
-    @property
-    def frame_shape(self) -> tuple[int, ...]:
-        return (3, self.size, self.size) if self.rgb else (self.size, self.size)
-
-    def preprocess(self, obs: np.ndarray) -> np.ndarray:
-        """A camera image as this observation's uint8 frame."""
-        return preprocess_frame(obs, self.size, self.rgb)

@@ -1,24 +1,27 @@
 """Playing a policy on test or training objects, and its success rate: the one way to evaluate, for the eval
 script and the benchmarks alike. Nothing here prints; a caller that wants each episode's reward passes
 `on_episode`."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
-from common import DQN, DQNPolicy, FrameStack, Observation, seed_everything
+from common import DQN, FrameStack, Observation, seed_everything
 from grasping.checkpoints import load_checkpoint, load_state, observation_of
-from grasping.environment import render_scene
+from grasping.dqn import DQNPolicy
+from grasping.environment import make_env, render_scene
+from grasping.pool import EnvPool, in_process, open_pool
 from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, agent_config
 from grasping.recording import EpisodeRecorder
 from grasping.rollouts import Policy, Rollouts
 from grasping.stats import success_rate, wilson_interval
-from grasping.workers import EnvPool, open_environments
 
 EpisodeReport = Callable[[int, float], None]
 """Called with each episode's number (from 1) and reward, in episode order."""
@@ -74,8 +77,14 @@ def greedy_policy(checkpoint: dict[str, Any], path: Path, n_actions: int, device
     return DQNPolicy(policy_net, n_actions)
 
 
-def play(env: Any, observation: Observation, policy: Policy, episodes: int,
-         recorder: Optional[EpisodeRecorder] = None, on_episode: Optional[EpisodeReport] = None) -> Evaluation:
+def play(
+    env: Any,
+    observation: Observation,
+    policy: Policy,
+    episodes: int,
+    recorder: EpisodeRecorder | None = None,
+    on_episode: EpisodeReport | None = None,
+) -> Evaluation:
     """One environment in this process, episode after episode, as in the lecture.
 
     Camera images become `observation`'s frames. A recorder gets the scene and the network's frame
@@ -88,7 +97,7 @@ def play(env: Any, observation: Observation, policy: Policy, episodes: int,
         state = frames.reset(frame)
         if recorder is not None:
             recorder.start(render_scene(env, recorder.size), frame)
-        done, actions = False, []
+        done, actions = False, list[int]()
         while not done:
             action = policy(state[None], [0], [len(actions)])[0]
             actions.append(action)
@@ -104,14 +113,15 @@ def play(env: Any, observation: Observation, policy: Policy, episodes: int,
     return Evaluation(rewards, sequences)
 
 
-def play_in_parallel(pool: EnvPool, policy: Policy, episodes: int,
-                     on_episode: Optional[EpisodeReport] = None) -> Evaluation:
+def play_in_parallel(
+    pool: EnvPool, observation: Observation, policy: Policy, episodes: int, on_episode: EpisodeReport | None = None
+) -> Evaluation:
     """The episodes shared out over the workers, worker i playing episodes i, i + N, ...; a seed fixes the scenes.
 
     Waiting workers get one batched forward pass. `on_episode` hears of each episode once it and all
     the episodes before it are done, so what it is told is the same from run to run.
     """
-    rollouts = Rollouts(pool, episodes)
+    rollouts = Rollouts(pool, observation, episodes)
     rewards: dict[int, float] = {}
     sequences: dict[int, list[int]] = {}
     reported = lost = 0
@@ -128,11 +138,21 @@ def play_in_parallel(pool: EnvPool, policy: Policy, episodes: int,
     return Evaluation([rewards[i] for i in range(episodes)], [sequences[i] for i in range(episodes)], lost)
 
 
-def evaluate(checkpoint: Optional[Path], episodes: int, is_test: bool = True, seed: int = 1, num_envs: int = 1,
-             device: torch.device = torch.device("cpu"), max_steps: int = 20, render: bool = False,
-             recorder: Optional[EpisodeRecorder] = None, on_episode: Optional[EpisodeReport] = None,
-             backend: str = "local", ray_address: Optional[str] = None,
-             on_start: Optional[Callable[[str], None]] = None) -> Evaluation:
+def evaluate(
+    checkpoint: Path | None,
+    episodes: int,
+    is_test: bool = True,
+    seed: int = 1,
+    num_envs: int = 1,
+    device: torch.device | str = "cpu",
+    max_steps: int = 20,
+    render: bool = False,
+    recorder: EpisodeRecorder | None = None,
+    on_episode: EpisodeReport | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
+    on_start: Callable[[str], None] | None = None,
+) -> Evaluation:
     """Play `episodes` episodes with a checkpoint's greedy policy, or the uniform random policy when `checkpoint`
     is None; `seed` and `num_envs` fix the scenes, so that every policy can be shown the same ones.
 
@@ -140,22 +160,28 @@ def evaluate(checkpoint: Optional[Path], episodes: int, is_test: bool = True, se
     otherwise in the workers `backend` names (`on_start` hears where Ray placed them). A checkpoint that
     cannot be loaded raises a CheckpointError.
     """
+    device = torch.device(device)
     seed_everything(seed)
     observation = Observation()
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint, device, ("policy_net_state_dict",))
         observation = observation_of(agent_config(saved, checkpoint)[1])
-    env, n_actions, in_process = open_environments(backend, num_envs, seed, is_test, max_steps, observation,
-                                                   ray_address, renders=render)
-    if backend == "ray" and on_start is not None:
-        on_start(env.describe())
+    env: Any  # pybullet's gym environment (untyped), or an EnvPool
+    if in_process(backend, num_envs):
+        env = make_env(is_test, max_steps, renders=render, camera_size=observation.camera_size)
+        n_actions = env.action_space.n
+    else:
+        env = open_pool(backend, num_envs, seed, is_test, max_steps, observation.camera_size, ray_address)
+        n_actions = env.n_actions
+        if backend == "ray" and on_start is not None:
+            on_start(env.describe())
     try:
         if checkpoint is None:
             policy = random_policy(n_actions, seed, num_envs)
         else:
             policy = greedy_policy(saved, checkpoint, n_actions, device)
-        if in_process:
+        if in_process(backend, num_envs):
             return play(env, observation, policy, episodes, recorder, on_episode)
-        return play_in_parallel(env, policy, episodes, on_episode)
+        return play_in_parallel(env, observation, policy, episodes, on_episode)
     finally:
         env.close()

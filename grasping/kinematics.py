@@ -4,6 +4,7 @@ With the height hack every action lowers the gripper and moves its commanded x, 
 step from a fixed start, x and y clamped to the tray. Both agents use this: the pose agent plans over
 the poses reachable, and the DQN may take the commanded pose as an input (--pose-input).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,6 @@ X_LIMITS, Y_LIMITS = (500, 650), (-170, 220)
 """kuka.py clamps the commanded x and y to these, in millimetres; the angle is not clamped."""
 ANGLE_STEP = 0.25
 """Radians the gripper turns per turn action."""
-POSE_FEATURES = 4
-"""Numbers `pose_features` gives a network per pose."""
 
 Pose = tuple[int, int, int]
 """A commanded pose: x and y in millimetres, the angle in ANGLE_STEPs."""
@@ -27,8 +26,11 @@ Pose = tuple[int, int, int]
 def move(pose: Pose, action: int) -> Pose:
     """The commanded pose after `action`, clamped as kuka.py clamps it."""
     dx, dy, dturn = MOVES[action]
-    return (min(max(pose[0] + dx, X_LIMITS[0]), X_LIMITS[1]), min(max(pose[1] + dy, Y_LIMITS[0]), Y_LIMITS[1]),
-            pose[2] + dturn)
+    return (
+        min(max(pose[0] + dx, X_LIMITS[0]), X_LIMITS[1]),
+        min(max(pose[1] + dy, Y_LIMITS[0]), Y_LIMITS[1]),
+        pose[2] + dturn,
+    )
 
 
 def poses_after(actions: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -72,10 +74,17 @@ class EpisodeTracker:
         self.poses[index] = move(self.poses[index], action)
 
 
-def pose_features(poses: torch.Tensor) -> torch.Tensor:
-    """Poses (B, 3) in `Pose` units -> float32 (B, POSE_FEATURES) of order 1, a DQN's input: x and y scaled over
-    their clamps to [-1, 1], and the angle's `angle_features`."""
-    poses = poses.double().reshape(-1, 3)
-    x = (poses[:, 0] - sum(X_LIMITS) / 2) / ((X_LIMITS[1] - X_LIMITS[0]) / 2)
-    y = (poses[:, 1] - sum(Y_LIMITS) / 2) / ((Y_LIMITS[1] - Y_LIMITS[0]) / 2)
-    return torch.cat((torch.stack((x, y), dim=1), angle_features(ANGLE_STEP * poses[:, 2])), dim=1).float()
+def pose_features(poses: np.ndarray) -> np.ndarray:
+    """Poses (B, 3) in `Pose` units -> float32 (B, POSE_FEATURES) of order 1, a DQN's input (--pose-input): x and
+    y scaled over their clamps to [-1, 1], and the angle's `angle_features`."""
+    values = torch.from_numpy(np.asarray(poses, dtype=np.float64).reshape(-1, 3))
+    x = (values[:, 0] - sum(X_LIMITS) / 2) / ((X_LIMITS[1] - X_LIMITS[0]) / 2)
+    y = (values[:, 1] - sum(Y_LIMITS) / 2) / ((Y_LIMITS[1] - Y_LIMITS[0]) / 2)
+    features = torch.cat((torch.stack((x, y), dim=1), angle_features(ANGLE_STEP * values[:, 2])), dim=1)
+    return features.float().numpy()
+
+
+def pose_features_after(actions: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The DQN's pose input after the first counts[b] actions of each row of `actions` (B, H): float32
+    (B, POSE_FEATURES), as the replay memory gathers it (common.PoseFeatures)."""
+    return pose_features(poses_after(actions, counts))

@@ -13,11 +13,15 @@ gamma 1, since the only reward comes at the episode's end. Acting greedily heads
 reachable pose. The agent learns from every finished episode: its first frame, its final
 commanded pose and its reward.
 """
+
 from __future__ import annotations
 
+import copy
 import math
 import random
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,14 +75,14 @@ class PoseLattice:
         for i, pose in enumerate(self.poses):
             for action in range(len(MOVES)):
                 self.successors[i, action] = self.index.get(move(pose, action), self.outside)
-        self.reach = [np.eye(n, dtype=bool)]
+        self.reach: list[np.ndarray] = [np.eye(n, dtype=bool)]
         self.reach[0][self.outside, self.outside] = False
         for _ in range(horizon):
-            self.reach.append(self.reach[-1][self.successors].any(axis=1))
+            self.reach.append(np.asarray(self.reach[-1][self.successors].any(axis=1)))
         self.finals = np.flatnonzero(self.reach[horizon][0])
         """Indices of the poses `horizon` actions can end at from the start: the candidates the agent scores."""
 
-    def move_values(self, pose: Pose, actions_taken: int, scores: np.ndarray) -> Optional[np.ndarray]:
+    def move_values(self, pose: Pose, actions_taken: int, scores: np.ndarray) -> np.ndarray | None:
         """For each action, the best of `scores` (one per lattice pose, the `outside` one last) over the final
         poses still reachable after it; None once the horizon is passed or the pose is off the lattice."""
         remaining = self.horizon - actions_taken - 1
@@ -91,8 +95,9 @@ class PoseLattice:
 def camera_matrix() -> np.ndarray:
     """The environment camera's projection times view matrix (4x4, row-major): world point to clip space."""
     pybullet = quiet_pybullet()
-    view = pybullet.computeViewMatrixFromYawPitchRoll(CAMERA["look"], CAMERA["distance"], CAMERA["yaw"],
-                                                      CAMERA["pitch"], 0, 2)
+    view = pybullet.computeViewMatrixFromYawPitchRoll(
+        CAMERA["look"], CAMERA["distance"], CAMERA["yaw"], CAMERA["pitch"], 0, 2
+    )
     projection = pybullet.computeProjectionMatrixFOV(CAMERA["fov"], 1.0, CAMERA["near"], CAMERA["far"])
     return np.array(projection).reshape(4, 4).T @ np.array(view).reshape(4, 4).T
 
@@ -108,7 +113,7 @@ def image_coordinates(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tenso
 def pixel_of(points: np.ndarray, size: int) -> np.ndarray:
     """World points (P, 3) -> (column, row) in a `size` x `size` camera image, pixel j covering [j, j + 1)."""
     grid = image_coordinates(torch.as_tensor(points, dtype=torch.float64), torch.from_numpy(camera_matrix()))
-    return ((grid.numpy() + 1) / 2 * size)
+    return (grid.numpy() + 1) / 2 * size
 
 
 class GraspNet(nn.Module):
@@ -123,10 +128,13 @@ class GraspNet(nn.Module):
         super().__init__()
         self.image_size, self.rgb = image_size, rgb
         self.patch = image_size // PATCH_FRACTION
+        self.camera: torch.Tensor
+        self.offsets: torch.Tensor
         self.register_buffer("camera", torch.from_numpy(camera_matrix()).float(), persistent=False)
         offsets = (torch.arange(self.patch, dtype=torch.float32) - (self.patch - 1) / 2) * 2 / image_size
-        self.register_buffer("offsets", torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1),
-                             persistent=False)
+        self.register_buffer(
+            "offsets", torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1), persistent=False
+        )
         self.conv1 = nn.Conv2d(3 if rgb else 1, 32, kernel_size=5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
@@ -147,8 +155,9 @@ class GraspNet(nn.Module):
         """
         b, p = poses.shape[:2]
         frame_of = torch.arange(b, device=poses.device).repeat_interleave(p).to(poses.dtype)
-        rows, inverse = torch.unique(torch.cat((frame_of[:, None], poses.reshape(-1, 3)[:, :2]), dim=1), dim=0,
-                                     return_inverse=True)
+        rows, inverse = torch.unique(
+            torch.cat((frame_of[:, None], poses.reshape(-1, 3)[:, :2]), dim=1), dim=0, return_inverse=True
+        )
         x = self.patches(frames[rows[:, 0].long()], rows[:, 1:])
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
@@ -162,18 +171,22 @@ class GraspNet(nn.Module):
         return {"agent": "pose", "image_size": self.image_size, "rgb": self.rgb}
 
     @staticmethod
-    def from_config(config: dict[str, Any]) -> "GraspNet":
+    def from_config(config: dict[str, Any]) -> GraspNet:
         return GraspNet(config["image_size"], config["rgb"])
 
 
-def pose_config(checkpoint: dict[str, Any], path: Any) -> dict[str, Any]:
+def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
     """The pose agent's configuration a checkpoint records; a DQN checkpoint or a malformed one is refused."""
     saved = checkpoint.get("config", {})
     agent = saved.get("agent", "dqn") if isinstance(saved, dict) else None
     if agent != "pose":
         raise CheckpointError(f"{path}: a checkpoint of the {agent or 'unknown'} agent, not of --agent pose")
-    if (saved.keys() != POSE_CONFIG.keys() or not isinstance(saved["rgb"], bool)
-            or type(saved["image_size"]) is not int or saved["image_size"] < 8 * PATCH_FRACTION):
+    if (
+        saved.keys() != POSE_CONFIG.keys()
+        or not isinstance(saved["rgb"], bool)
+        or type(saved["image_size"]) is not int
+        or saved["image_size"] < 8 * PATCH_FRACTION
+    ):
         raise CheckpointError(f"{path}: its 'config' is not a pose agent's configuration: {saved!r}")
     return dict(saved)
 
@@ -200,7 +213,7 @@ class PosePolicy:
     Past the horizon (the arm lagging behind its commands) each move is valued by the pose it leads to.
     """
 
-    def __init__(self, net: GraspNet, lattice: PoseLattice, rng: Optional[random.Random] = None) -> None:
+    def __init__(self, net: GraspNet, lattice: PoseLattice, rng: random.Random | None = None) -> None:
         self.net, self.lattice, self.rng = net, lattice, rng or random.Random(0)
         self.frames: dict[int, torch.Tensor] = {}
         self.episodes = EpisodeTracker()
@@ -236,9 +249,8 @@ class PosePolicy:
                 self.planned_value[index] = math.nan if explore[row] else float(values[row].max())
         actions = []
         for index, t in zip(indices, timesteps):
-            values = self.lattice.move_values(self.episodes.poses[index], t, self.scores[index])
-            if values is None:
-                values = self.past_horizon(index)
+            planned = self.lattice.move_values(self.episodes.poses[index], t, self.scores[index])
+            values = self.past_horizon(index) if planned is None else planned
             action = int(np.argmax(values))
             self.episodes.moved(index, action)
             actions.append(action)
@@ -263,8 +275,9 @@ class EpisodeMemory:
     A frame is kept as uint8 on `device`; the buffer grows as episodes arrive, up to `capacity`.
     """
 
-    def __init__(self, capacity: int, frame_shape: tuple[int, ...], device: torch.device | str = "cpu",
-                 seed: Optional[int] = None) -> None:
+    def __init__(
+        self, capacity: int, frame_shape: tuple[int, ...], device: torch.device | str = "cpu", seed: int | None = None
+    ) -> None:
         self.capacity, self.frame_shape, self.device = capacity, frame_shape, torch.device(device)
         self.frames = torch.zeros((0, *frame_shape), dtype=torch.uint8, device=self.device)
         self.poses = np.zeros((0, 3), dtype=np.float32)
@@ -293,26 +306,35 @@ class EpisodeMemory:
         """Every episode once, in a random order, as batches of `batch_size` (the last one may be smaller)."""
         order = self.rng.permutation(len(self))
         for start in range(0, len(order), batch_size):
-            yield self.rows(order[start:start + batch_size])
+            yield self.rows(order[start : start + batch_size])
 
     def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """These episodes as `sample` gives them."""
         frames = self.frames[torch.from_numpy(rows).to(self.device)]
         frames = to_float(frames if frames.dim() == 4 else frames.unsqueeze(1))
-        return (frames, torch.from_numpy(self.poses[rows]).to(self.device)[:, None],
-                torch.from_numpy(self.rewards[rows]).to(self.device)[:, None])
+        return (
+            frames,
+            torch.from_numpy(self.poses[rows]).to(self.device)[:, None],
+            torch.from_numpy(self.rewards[rows]).to(self.device)[:, None],
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to go on sampling the same episodes: tensors and plain data only."""
-        return {"frames": self.frames.cpu(), "poses": torch.from_numpy(self.poses.copy()),
-                "rewards": torch.from_numpy(self.rewards.copy()), "pushed": self.pushed,
-                "rng": self.rng.bit_generator.state}
+        return {
+            "frames": self.frames.cpu(),
+            "poses": torch.from_numpy(self.poses.copy()),
+            "rewards": torch.from_numpy(self.rewards.copy()),
+            "pushed": self.pushed,
+            "rng": self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take over a `state_dict` saved by a memory of the same capacity and frames."""
         if tuple(state["frames"].shape[1:]) != self.frame_shape or len(state["frames"]) > self.capacity:
-            raise ValueError(f"saved {len(state['frames'])} episodes of frames {tuple(state['frames'].shape[1:])}, "
-                             f"not up to {self.capacity} of {self.frame_shape}")
+            raise ValueError(
+                f"saved {len(state['frames'])} episodes of frames {tuple(state['frames'].shape[1:])}, "
+                f"not up to {self.capacity} of {self.frame_shape}"
+            )
         self.frames = state["frames"].to(self.device)
         self.poses, self.rewards = state["poses"].numpy().copy(), state["rewards"].numpy().copy()
         self.pushed = int(state["pushed"])
@@ -322,8 +344,9 @@ class EpisodeMemory:
         return len(self.rewards)
 
 
-def grasp_loss(net: GraspNet, optimizer: torch.optim.Optimizer, frames: torch.Tensor, poses: torch.Tensor,
-               rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def grasp_loss(
+    net: GraspNet, optimizer: torch.optim.Optimizer, frames: torch.Tensor, poses: torch.Tensor, rewards: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One gradient step of binary cross-entropy between the predicted success of each episode's final pose and
     its reward (the Monte Carlo return, gamma 1). Returns (loss, mean predicted success), detached."""
     net.train()
@@ -342,19 +365,34 @@ class PoseAgent:
     It learns in one of two ways. Online (`refit_every` 0): a gradient step on a sampled batch whenever the
     script calls `learn`. By refits (`refit_every` N): after every N-th finished episode the network starts again
     from fresh weights and makes `refit_epochs` passes over the whole memory, so that every episode is seen as
-    often as every other and no more; between refits the policy stays as it is.
+    often as every other and no more; between refits the policy stays as it is. A stop signal interrupts a refit
+    at once: the network it started from is put back, and the refit is owed to the resumed run (`catch_up`).
     """
 
-    def __init__(self, image_size: int, rgb: bool, device: torch.device, seed: int, lr: float, capacity: int,
-                 batch_size: int, learning_starts: int, refit_every: int = 0, refit_epochs: int = 10) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        rgb: bool,
+        device: torch.device,
+        seed: int,
+        lr: float,
+        capacity: int,
+        batch_size: int,
+        learning_starts: int,
+        refit_every: int = 0,
+        refit_epochs: int = 10,
+    ) -> None:
         self.net = GraspNet(image_size, rgb).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
-        self.memory = EpisodeMemory(capacity, (3, image_size, image_size) if rgb else (image_size, image_size),
-                                    device, seed)
+        self.memory = EpisodeMemory(
+            capacity, (3, image_size, image_size) if rgb else (image_size, image_size), device, seed
+        )
         self.lattice = PoseLattice()
         self.policy = PosePolicy(self.net, self.lattice, random.Random(seed))
         self.batch_size, self.learning_starts = batch_size, learning_starts
         self.refit_every, self.refit_epochs = refit_every, refit_epochs
+        self.refit_owed = False
+        """A refit was due and did not finish (a stop signal interrupted it)."""
         self.gradient_steps = 0
         """Gradient steps taken by this process, online or in refits."""
 
@@ -370,8 +408,9 @@ class PoseAgent:
         """A greedy policy of its own (for clips), leaving the training environments' episodes alone."""
         return PosePolicy(self.net, self.lattice)
 
-    def store(self, state: np.ndarray, action: int, next_state: Optional[np.ndarray], reward: float,
-              stream: int = 0) -> None:
+    def store(
+        self, state: np.ndarray, action: int, next_state: np.ndarray | None, reward: float, stream: int = 0
+    ) -> None:
         """A finished episode (`next_state` None) becomes one sample: first frame, final commanded pose, reward."""
         if next_state is None:
             self.memory.push(self.policy.episodes.first_frames[stream], self.policy.episodes.poses[stream], reward)
@@ -379,37 +418,61 @@ class PoseAgent:
     def drop_episode(self, stream: int) -> None:
         """The environment of `stream` was lost mid-episode: nothing was stored of it (episodes are stored whole)."""
 
-    def learn(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def learn(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Online: one gradient step, once the memory holds a batch and --learning-starts episodes."""
         if self.refit_every or len(self.memory) < max(self.batch_size, self.learning_starts):
             return None
         self.gradient_steps += 1
         return grasp_loss(self.net, self.optimizer, *self.memory.sample(self.batch_size))
 
-    def episode_done(self, i_episode: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def end_episode(self, i_episode: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """By refits: after every `refit_every`-th episode (once --learning-starts are in memory), refit and return
         the last pass's mean loss and mean predicted success."""
         if not self.refit_every or (i_episode + 1) % self.refit_every or len(self.memory) < self.learning_starts:
             return None
-        return self.refit()
+        self.refit_owed = True
+        return self.catch_up()
+
+    def catch_up(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The refit owed, if one is: due at the end of an episode, or interrupted by a stop signal before."""
+        if not self.refit_owed:
+            return None
+        result = self.refit()
+        self.refit_owed = False
+        return result
 
     def refit(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh weights and optimizer state, then `refit_epochs` passes over the memory in random order."""
-        for module in self.net.modules():
-            if module is not self.net and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-        self.optimizer.state.clear()
-        for _ in range(self.refit_epochs):
-            results = [grasp_loss(self.net, self.optimizer, *batch) for batch in self.memory.epoch(self.batch_size)]
-            self.gradient_steps += len(results)
+        """Fresh weights and optimizer state, then `refit_epochs` passes over the memory in random order. If it is
+        interrupted (Ctrl-C, SIGTERM), the network and optimizer it started from are put back."""
+        before = copy.deepcopy(self.net.state_dict()), copy.deepcopy(self.optimizer.state_dict())
+        try:
+            for module in self.net.modules():
+                if module is not self.net and isinstance(module, (nn.Conv2d, nn.Linear)):
+                    module.reset_parameters()
+            self.optimizer.state.clear()
+            for _ in range(self.refit_epochs):
+                results = [grasp_loss(self.net, self.optimizer, *batch) for batch in self.memory.epoch(self.batch_size)]
+                self.gradient_steps += len(results)
+        except BaseException:
+            self.net.load_state_dict(before[0])
+            self.optimizer.load_state_dict(before[1])
+            raise
         losses, predictions = zip(*results)
         return torch.stack(losses).mean(), torch.stack(predictions).mean()
 
+    def resume_state(self) -> dict[str, Any]:
+        """What a resumable state keeps besides the networks and the memory: whether a refit is owed."""
+        return {"refit_owed": self.refit_owed}
+
     def networks(self) -> dict[str, Any]:
         """The checkpoint content: the network under the lecture's policy key, its optimizer, and the config."""
-        return {"policy_net_state_dict": self.net.state_dict(),
-                "optimizer_policy_net_state_dict": self.optimizer.state_dict(), "config": self.config}
+        return {
+            "policy_net_state_dict": self.net.state_dict(),
+            "optimizer_policy_net_state_dict": self.optimizer.state_dict(),
+            "config": self.config,
+        }
 
     def load(self, checkpoint: dict[str, Any], path: Any) -> None:
         load_state(self.net, checkpoint, "policy_net_state_dict", path)
         load_state(self.optimizer, checkpoint, "optimizer_policy_net_state_dict", path)
+        self.refit_owed = bool(checkpoint.get("refit_owed", False))

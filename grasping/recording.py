@@ -1,4 +1,5 @@
 """Recording played episodes: an animated GIF for people, an image strip for TensorBoard."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from common import ACTION_NAMES
+from common import ACTION_NAMES, Observation
 from grasping.checkpoints import atomic_write
+from grasping.pool import EnvPool
 from grasping.rollouts import Policy, Rollouts
-from grasping.workers import EnvPool
 
 
 class EpisodeRecorder:
@@ -63,24 +64,28 @@ class EpisodeRecorder:
         ends = set(self.episode_ends)
         durations = [end_ms if index in ends else frame_ms for index in range(len(self.frames))]
         with atomic_write(Path(path)) as handle:
-            self.frames[0].save(handle, format="GIF", save_all=True, append_images=self.frames[1:],
-                                duration=durations, loop=0)
+            self.frames[0].save(
+                handle, format="GIF", save_all=True, append_images=self.frames[1:], duration=durations, loop=0
+            )
 
     def strip(self) -> np.ndarray:
         """All frames side by side as one RGB image (H, W, 3), for TensorBoard."""
         return np.concatenate([np.asarray(frame) for frame in self.frames], axis=1)
 
 
-def record_greedy_episode(pool: EnvPool, policy: Policy) -> EpisodeRecorder:
+def record_greedy_episode(pool: EnvPool, observation: Observation, policy: Policy) -> EpisodeRecorder:
     """One episode of `policy` in worker 0 of `pool`, the scene recorded at 192x192 beside the network's frames."""
     recorder = EpisodeRecorder(size=192)
-    rollouts = Rollouts(pool, episodes=1)
+    rollouts = Rollouts(pool, observation, episodes=1)
     while not rollouts.finished:
         for step in rollouts.steps():  # each scene is drawn before the worker is given its next action
+            if step.frame is None:  # a lost worker: its episode starts again
+                continue
             if step.action is None:
                 recorder.start(pool.scene(0, recorder.size), step.frame)
             else:
-                recorder.step(pool.scene(0, recorder.size), step.frame, len(step.actions), step.action, step.reward,
-                              step.done)
+                recorder.step(
+                    pool.scene(0, recorder.size), step.frame, len(step.actions), step.action, step.reward, step.done
+                )
         rollouts.act(policy)
     return recorder

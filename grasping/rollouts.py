@@ -2,22 +2,23 @@
 
 Training, evaluation, the throughput benchmark and the research probes all step their workers with it:
 
-    rollouts = Rollouts(pool, episodes=100)
+    rollouts = Rollouts(pool, Observation(), episodes=100)
     while not rollouts.finished:
         for step in rollouts.steps():      # the replies that have come in, in any order
             ...                            # step.state, step.action, step.reward, step.next_state, step.done
         rollouts.act(policy)               # one batched call for every worker waiting for an action
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
-from common import FrameStack
-from grasping.workers import EnvPool
+from common import FrameStack, Observation
+from grasping.pool import EnvPool
 
 Policy = Callable[[np.ndarray, list[int], list[int]], list[int]]
 """Actions for a batch of uint8 states, given the indices of their environments and their timesteps (actions
@@ -32,13 +33,14 @@ class Step:
     """The worker."""
     episode: int
     """The episode's number: worker i plays episodes i, i + N, i + 2N, ... of a pool of N."""
-    frame: Optional[np.ndarray]
-    """The frame the worker sent: the first one of the episode, or the one after `action` (None when lost)."""
-    state: Optional[np.ndarray]
+    frame: np.ndarray | None
+    """The preprocessed frame of the worker's camera image: the first of the episode, or the one after `action`
+    (None when lost)."""
+    state: np.ndarray | None
     """The stacked state `action` was taken in; None at the episode's start."""
-    action: Optional[int]
+    action: int | None
     reward: float
-    next_state: Optional[np.ndarray]
+    next_state: np.ndarray | None
     """The state after `action` (at the start: the first state); None once the episode has ended."""
     done: bool
     actions: list[int] = field(default_factory=list)
@@ -49,7 +51,8 @@ class Step:
 
 
 class Rollouts:
-    """Episodes on every worker of `pool`, stacked into states with `FrameStack`.
+    """Episodes on every worker of `pool`, their camera images preprocessed for `observation` and stacked into
+    states with `FrameStack`.
 
     Worker i plays episodes i, i + N, i + 2N, ... up to `episodes` (None: without end), so a seed gives
     each episode number the same scene whichever worker answers first. Between `steps` and `act` no
@@ -58,14 +61,15 @@ class Rollouts:
     whose episode ended.
     """
 
-    def __init__(self, pool: EnvPool, episodes: Optional[int] = None) -> None:
-        self.pool, self.remaining = pool, episodes
+    def __init__(self, pool: EnvPool, observation: Observation, episodes: int | None = None) -> None:
+        self.pool, self.observation, self.remaining = pool, observation, episodes
         n = pool.num_envs
-        self.queues = [iter(range(index, episodes, n)) if episodes is not None else itertools.count(index, n)
-                       for index in range(n)]
+        self.queues: list[Iterator[int]] = [
+            iter(range(index, episodes, n)) if episodes is not None else itertools.count(index, n) for index in range(n)
+        ]
         self.stacks = [FrameStack() for _ in range(n)]
-        self.playing: list[Optional[int]] = [None] * n
-        self.states: list[Optional[np.ndarray]] = [None] * n
+        self.playing: list[int | None] = [None] * n
+        self.states: list[np.ndarray | None] = [None] * n
         self.actions: list[list[int]] = [[] for _ in range(n)]
         self.waiting: list[int] = []
         """Workers with a state that has no action yet."""
@@ -81,24 +85,26 @@ class Rollouts:
     def steps(self) -> list[Step]:
         """Block until some worker replies; every reply that has come in, as a `Step`."""
         steps = []
-        for index, frame, reward, done in self.pool.results():
-            if frame is None:  # the worker was replaced: its episode starts again, with the same number
-                steps.append(Step(index, self.playing[index], frame, self.states[index], None, 0.0, None, False,
-                                  self.actions[index], lost=True))
+        for index, obs, reward, done in self.pool.results():
+            episode, state = self.playing[index], self.states[index]
+            if episode is None:
+                raise RuntimeError(f"worker {index} replied while it plays no episode")
+            if obs is None:  # the worker was replaced: its episode starts again, with the same number
+                steps.append(Step(index, episode, None, state, None, 0.0, None, False, self.actions[index], lost=True))
                 if index in self.waiting:
                     self.waiting.remove(index)
                 self.states[index], self.actions[index] = None, []
                 self.pool.reset(index)
                 continue
-            if self.states[index] is None:  # the first frame of an episode
+            frame = self.observation.preprocess(obs)
+            if state is None:  # the first frame of an episode
                 self.states[index] = self.stacks[index].reset(frame)
-                steps.append(Step(index, self.playing[index], frame, None, None, 0.0, self.states[index], False))
+                steps.append(Step(index, episode, frame, None, None, 0.0, self.states[index], False))
                 self.waiting.append(index)
                 continue
-            state = self.states[index]
             next_state = None if done else self.stacks[index].push(frame)
-            steps.append(Step(index, self.playing[index], frame, state, self.actions[index][-1], reward, next_state,
-                              done, self.actions[index]))
+            action = self.actions[index][-1]
+            steps.append(Step(index, episode, frame, state, action, reward, next_state, done, self.actions[index]))
             self.states[index] = next_state
             if done:
                 self.ended.append(index)
@@ -112,8 +118,8 @@ class Rollouts:
         """Actions for every waiting worker from one call of `policy`, sent to them; the next episodes started."""
         if self.waiting:
             waiting, self.waiting = self.waiting, []
-            chosen = policy(np.stack([self.states[i] for i in waiting]), waiting,
-                            [len(self.actions[i]) for i in waiting])
+            states = np.stack([state for i in waiting if (state := self.states[i]) is not None])
+            chosen = policy(states, waiting, [len(self.actions[i]) for i in waiting])
             for index, action in zip(waiting, chosen):
                 self.actions[index].append(int(action))
                 self.pool.step(index, action)

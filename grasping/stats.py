@@ -1,4 +1,5 @@
 """Success rates with their 95% interval, as the scripts print them and the benchmarks record them."""
+
 from __future__ import annotations
 
 import math

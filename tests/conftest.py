@@ -1,4 +1,5 @@
 """Shared helpers: run the scripts as real processes and read the TensorBoard files they write."""
+
 from __future__ import annotations
 
 import os
@@ -6,15 +7,24 @@ import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import Batch, ReplayMemory
 
-from common import Batch, ReplayMemory  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+"""The project folder, where the scripts are."""
+
+T = TypeVar("T")
+
+
+def taken(result: T | None) -> T:
+    """The result of a learning step that must have been taken (optimize_model, a refit), not None."""
+    assert result is not None, "no step was taken"
+    return result
 
 
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -22,7 +32,11 @@ def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subp
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(
         [sys.executable, str(ROOT / f"bullet_kuka_{script}.py"), *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -39,8 +53,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 def read_events(logdir: Path) -> tuple[dict[str, list[tuple[int, float]]], set[str]]:
     """Scalars {tag: [(step, value)]} and the tags of other summaries in every event file of `logdir`, read with
     tensorboard's own reader, every event kept (none sampled away, none purged as orphaned)."""
-    accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0, "tensors": 0},
-                                   purge_orphaned_data=False)
+    accumulator = EventAccumulator(
+        str(logdir), size_guidance={"scalars": 0, "images": 0, "tensors": 0}, purge_orphaned_data=False
+    )
     accumulator.Reload()
     tags = accumulator.Tags()
     scalars: dict[str, list[tuple[int, float]]] = defaultdict(list)

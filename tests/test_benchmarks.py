@@ -1,9 +1,12 @@
 """The benchmarks end to end on tiny budgets: the learning benchmark in pieces, as a long run would go, the
 scripted reference and the throughput table."""
+
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,24 +14,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
+from benchmarks import scripted_reference, tables
 from common import DQN
 from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint, resume_path
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 TINY = ("--eval-every", "1", "--eval-episodes", "2", "--eval-envs", "1", "--eval-device", "cpu")
 TRAIN = ("--", "--max-steps", "3", "--batch-size", "4", "--device", "cpu")
 
 
 def learning(results: Path, *args: str, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "tiny", "--results",
-                           str(results), *args], capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "learning.py"), "tiny", "--results", str(results), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )
 
 
+@pytest.mark.slow
 def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     first = learning(tmp_path, "--episodes", "2", "--minutes", "0.3", *TINY, *TRAIN)
     assert first.returncode == 0, first.stderr
@@ -39,14 +48,23 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     assert third.returncode == 0 and "all 3 episodes trained and evaluated" in third.stdout, third.stderr
 
     folder = tmp_path / "tiny"
-    assert json.loads((folder / "config.json").read_text()) == {
-        "train_flags": list(TRAIN[1:]), "episodes": 3, "eval_every": 1, "eval_episodes": 2, "eval_seed": 1000,
-        "eval_envs": 1, "objects": "both"}
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("machine").startswith(f"{os.cpu_count()} cores ("), "where it was measured"
+    assert config == {
+        "train_flags": list(TRAIN[1:]),
+        "episodes": 3,
+        "eval_every": 1,
+        "eval_episodes": 2,
+        "eval_seed": 1000,
+        "eval_envs": 1,
+        "objects": "both",
+    }
     with open(folder / "learning.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     measured = sorted((r["policy"], r["objects"], int(r["episode"])) for r in rows)
-    expected = sorted([("random", o, 0) for o in ("test", "train")]
-                      + [("greedy", o, e) for o in ("test", "train") for e in (1, 2, 3)])
+    expected = sorted(
+        [("random", o, 0) for o in ("test", "train")] + [("greedy", o, e) for o in ("test", "train") for e in (1, 2, 3)]
+    )
     assert measured == expected, "every evaluation once, whichever piece it fell in"
     for row in rows:
         assert row["episodes"] == "2" and 0 <= int(row["successes"]) <= 2
@@ -73,9 +91,12 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     assert other.returncode != 0 and "holds training flags" in other.stderr
     scenes = learning(tmp_path, "--eval-envs", "2")
     assert scenes.returncode == 2 and scenes.stderr.strip().splitlines()[-1].endswith(
-        "holds --eval-envs 1, which chooses the evaluation scenes; pass the same, none, or another name")
-    for text, problem in (('{"train_flags": ["--max-steps"', "is not valid JSON"),
-                          ('{"train_flags": "--double-dqn"}', "holds no list of training flags")):
+        "holds --eval-envs 1, which chooses the evaluation scenes; pass the same, none, or another name"
+    )
+    for text, problem in (
+        ('{"train_flags": ["--max-steps"', "is not valid JSON"),
+        ('{"train_flags": "--double-dqn"}', "holds no list of training flags"),
+    ):
         (folder / "config.json").write_text(text)
         refused = learning(tmp_path)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
@@ -83,25 +104,59 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
         assert (folder / "config.json").read_text() == text, "the user's file is left as it was"
 
 
+@pytest.mark.slow
 def test_a_piece_that_runs_out_of_time_stops_its_training_with_ctrl_c(tmp_path):
     # Started as nohup or a background job starts it, with SIGINT ignored: the Ctrl-C must still
     # reach the training, which saves its state, well before the 120 s the piece would wait otherwise.
-    result = learning(tmp_path, "--episodes", "1000", "--minutes", "0.5", "--eval-episodes", "1", "--eval-envs", "1",
-                      "--eval-device", "cpu", *TRAIN, timeout=90,
-                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    result = learning(
+        tmp_path,
+        "--episodes",
+        "1000",
+        "--minutes",
+        "0.5",
+        "--eval-episodes",
+        "1",
+        "--eval-envs",
+        "1",
+        "--eval-device",
+        "cpu",
+        *TRAIN,
+        timeout=90,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     assert result.returncode == 0, result.stderr
     assert "out of time at episode" in result.stdout and "call again to go on" in result.stdout
     state = load_checkpoint(resume_path(tmp_path / "tiny" / "policy_dqn.pt"), torch.device("cpu"), ("episode",))
     assert 0 < state["episode"] < 1000, "training ran, was stopped, and saved where it was"
 
 
+@pytest.mark.slow
 def test_a_kill_stops_the_benchmark_and_its_training_which_saves_its_state(tmp_path):
     # The training runs in a session of its own, so a SIGTERM sent to the benchmark alone (`kill`, a batch
     # scheduler) must be passed on, or the training would go on without it.
-    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "learning.py"), "tiny", "--results",
-                                str(tmp_path), "--episodes", "1000", "--minutes", "5", "--eval-episodes", "1",
-                                "--eval-envs", "1", "--eval-device", "cpu", *TRAIN],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "learning.py"),
+            "tiny",
+            "--results",
+            str(tmp_path),
+            "--episodes",
+            "1000",
+            "--minutes",
+            "5",
+            "--eval-episodes",
+            "1",
+            "--eval-envs",
+            "1",
+            "--eval-device",
+            "cpu",
+            *TRAIN,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "tiny" / "logs").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -126,10 +181,25 @@ def processes_naming(folder: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_scripted_reference_heads_for_the_nearest_object_and_writes_its_row(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scripted_reference.py"), "--episodes", "2",
-                             "--num-envs", "1", "--seed", "3", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scripted_reference.py"),
+            "--episodes",
+            "2",
+            "--num-envs",
+            "1",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     with open(tmp_path / "learning.csv", newline="") as handle:
@@ -137,16 +207,14 @@ def test_scripted_reference_heads_for_the_nearest_object_and_writes_its_row(tmp_
     assert (row["policy"], row["objects"], row["episodes"]) == ("scripted", "test", "2")
     assert f"Success rate: {row['successes']}/2 = " in result.stdout
 
-    import scripted_reference
     from grasping.kinematics import X_LIMITS, Y_LIMITS
     from grasping.pose_agent import PoseLattice
 
-    class Pool:  # the simulator's answer for one scene: an object out of reach and one within it
-        def call(self, index, function):
-            return np.array([0.537, 0.0]), np.array([[0.40, 0.30], [0.60, -0.10]])
+    def positions(index: int) -> tuple[np.ndarray, np.ndarray]:  # one scene: an object out of reach, one within it
+        return np.array([0.537, 0.0]), np.array([[0.40, 0.30], [0.60, -0.10]])
 
     lattice = PoseLattice()
-    policy = scripted_reference.NearestObject(Pool(), lattice)
+    policy = scripted_reference.NearestObject(positions, lattice)
     target = lattice.poses[policy.target(0)]
     assert target[2] == 0 and abs(target[0] - 600) <= 40 and abs(target[1] + 100) <= 40, target
     actions = [policy(np.zeros((1, 5, 40, 40)), [0], [t])[0] for t in range(9)]
@@ -154,13 +222,50 @@ def test_scripted_reference_heads_for_the_nearest_object_and_writes_its_row(tmp_
     assert X_LIMITS[0] <= target[0] <= X_LIMITS[1] and Y_LIMITS[0] <= target[1] <= Y_LIMITS[1]
 
 
+@pytest.mark.slow
 def test_throughput_reports_a_row_per_worker_count_and_a_workers_memory(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--max-envs", "2",
-                             "--episodes-per-env", "1", "--device", "cpu"], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--max-envs",
+            "2",
+            "--episodes-per-env",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith(("| 1 |", "| 2 |"))]
     assert len(rows) == 2 and all(float(row.split("|")[2]) > 0 for row in rows)
     [memory] = [line for line in result.stdout.splitlines() if line.startswith("Environment worker (local): ")]
     assert 50 < float(memory.split()[3]) < 4000, memory
     assert memory.endswith("torch loaded in it: no"), "a worker imports pybullet and the environment only"
+
+
+def test_the_docs_tables_are_what_the_results_say():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "tables.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Out of date: none"
+
+
+def test_a_table_follows_its_csv(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*.png", "*.npz"))
+    csv_path = results / "lecture" / "learning.csv"
+    rows = csv_path.read_text().splitlines()
+    last = rows[-2].split(",")  # the last test-object evaluation (its training-object row follows)
+    assert last[2:4] == ["greedy", "test"]
+    last[4] = "77"
+    csv_path.write_text("\n".join([*rows[:-2], ",".join(last), rows[-1]]) + "\n")
+    text = "<!-- table: summary -->\nanything\n<!-- end table -->\nprose\n"
+    drawn = tables.render(text, results)
+    assert "| 2,500 | 77/100 = 77.0% (67.8-84.2%) | 51/100 = 51.0% (41.3-60.6%) |" in drawn
+    assert drawn.endswith("<!-- end table -->\nprose\n") and "anything" not in drawn

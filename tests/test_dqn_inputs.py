@@ -1,4 +1,5 @@
 """The DQN's opt-in inputs: the episode's first frame beside the stack, and the commanded pose."""
+
 from __future__ import annotations
 
 import random
@@ -6,17 +7,24 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from common import DQN, STACK_SIZE, DQNPolicy, FrameStack, ReplayMemory, optimize_model
-from grasping.checkpoints import LECTURE_CONFIG, checkpoint_config
-from grasping.kinematics import POSE_FEATURES, START_POSE, move, pose_features, poses_after
 from conftest import stream_transitions
+
+from common import DQN, POSE_FEATURES, STACK_SIZE, FrameStack, ReplayMemory, optimize_model
+from grasping.checkpoints import LECTURE_CONFIG, checkpoint_config
+from grasping.dqn import DQNPolicy
+from grasping.kinematics import START_POSE, Pose, move, pose_features, pose_features_after, poses_after
 
 MAX_STEPS = 9
 
 
-def play(memory: ReplayMemory, policy: DQNPolicy, rng: np.random.Generator, episodes: int, streams: int = 2
-         ) -> list[dict]:
+def features(pose: Pose) -> np.ndarray:
+    """One commanded pose as the network's input (POSE_FEATURES,)."""
+    return pose_features(np.array([pose]))[0]
+
+
+def play(
+    memory: ReplayMemory, policy: DQNPolicy, rng: np.random.Generator, episodes: int, streams: int = 2
+) -> list[dict]:
     """Synthetic episodes (random frames, lengths 1 to MAX_STEPS) in `streams` environments taking turns,
     acted on by `policy` with epsilon 0.5 and stored in `memory`; returns every transition as the policy
     saw it: its stream, state, first frame and commanded pose, and the pose after its action."""
@@ -28,44 +36,62 @@ def play(memory: ReplayMemory, policy: DQNPolicy, rng: np.random.Generator, epis
             first = rng.integers(0, 256, (40, 40), dtype=np.uint8)
             state = stack.reset(first)
             for t in range(length):
-                pose = policy.episodes.poses.get(stream) if t else START_POSE
+                pose = policy.episodes.poses[stream] if t else START_POSE
                 [action] = policy(state[None], [stream], [t], epsilon=0.5)
                 assert policy.episodes.poses[stream] == move(pose, action)
                 next_state = None if t == length - 1 else stack.push(rng.integers(0, 256, (40, 40), dtype=np.uint8))
                 memory.push(state, action, next_state, 0.0, stream)
-                seen.append(dict(stream=stream, state=state, first=first, pose=pose, after=policy.episodes.poses[stream],
-                                 done=next_state is None))
-                state = next_state
+                seen.append(
+                    dict(
+                        stream=stream,
+                        state=state,
+                        first=first,
+                        pose=pose,
+                        after=policy.episodes.poses[stream],
+                        done=next_state is None,
+                    )
+                )
+                if next_state is not None:
+                    state = next_state
     return seen
 
 
 @pytest.mark.parametrize("capacity", [400, 24])  # 24: each stream's 12 slots wrap many times
 def test_memory_gives_each_state_its_episodes_first_frame_and_commanded_pose(capacity):
     rng = np.random.default_rng(0)
-    memory = ReplayMemory(capacity, num_streams=2, seed=0, first_frame=True, poses=True, max_episode_steps=MAX_STEPS)
+    memory = ReplayMemory(
+        capacity,
+        num_streams=2,
+        seed=0,
+        first_frame=True,
+        pose_features=pose_features_after,
+        max_episode_steps=MAX_STEPS,
+    )
     net = DQN(40, 40, 7, first_frame_input=True, pose_input=True)
     seen = play(memory, DQNPolicy(net, 7, random.Random(0)), rng, episodes=30)
     for stream in range(2):
-        ours = [t for t in seen if t["stream"] == stream][-(capacity // 2):]
+        ours = [t for t in seen if t["stream"] == stream][-(capacity // 2) :]
         batch = stream_transitions(memory, stream)
+        assert batch.pose is not None and batch.next_pose is not None
         assert len(batch.state) == len(ours) > 5
         for i, transition in enumerate(ours):
             assert np.array_equal(batch.state[i, 0].numpy(), transition["first"])
             assert np.array_equal(batch.state[i, 1:].numpy(), transition["state"])
-            assert tuple(batch.pose[i].tolist()) == transition["pose"]
+            assert np.array_equal(batch.pose[i].numpy(), features(transition["pose"]))
             if not transition["done"]:
-                assert tuple(batch.next_pose[i].tolist()) == transition["after"]
+                assert np.array_equal(batch.next_pose[i].numpy(), features(transition["after"]))
                 assert np.array_equal(batch.next_state[i, 0].numpy(), transition["first"])
 
 
 def test_n_step_next_pose_follows_n_actions():
     rng = np.random.default_rng(1)
-    memory = ReplayMemory(400, num_streams=1, seed=0, poses=True, max_episode_steps=MAX_STEPS)
+    memory = ReplayMemory(400, num_streams=1, seed=0, pose_features=pose_features_after, max_episode_steps=MAX_STEPS)
     seen = play(memory, DQNPolicy(DQN(40, 40, 7, pose_input=True), 7, random.Random(1)), rng, 20, streams=1)
     batch = stream_transitions(memory, 0, n_step=3)
+    assert batch.pose is not None and batch.next_pose is not None
     for i in range(len(batch.pose)):
         if not batch.done[i]:
-            assert tuple(batch.next_pose[i].tolist()) == seen[i + 2]["after"]
+            assert np.array_equal(batch.next_pose[i].numpy(), features(seen[i + 2]["after"]))
     assert batch.state.shape[1] == STACK_SIZE  # no first frame unless asked for
 
 
@@ -80,11 +106,11 @@ def test_poses_after_clamps_in_order():
 
 
 def test_pose_features_are_of_order_one_and_half_turn_symmetric():
-    features = pose_features(torch.tensor([[500, -170, 0], [650, 220, 0], [575, 25, 4 * np.pi / 0.25 / 4]]))
-    assert features.shape == (3, POSE_FEATURES)
-    assert torch.allclose(features[0], torch.tensor([-1.0, -1.0, 0.0, 1.0]))
-    assert torch.allclose(features[1], torch.tensor([1.0, 1.0, 0.0, 1.0]))
-    assert torch.allclose(features[2, 2:], torch.tensor([0.0, 1.0]), atol=1e-6)  # half a turn: the same gripper
+    values = pose_features(np.array([[500, -170, 0], [650, 220, 0], [575, 25, 4 * np.pi / 0.25 / 4]]))
+    assert values.shape == (3, POSE_FEATURES) and values.dtype == np.float32
+    assert np.allclose(values[0], [-1.0, -1.0, 0.0, 1.0])
+    assert np.allclose(values[1], [1.0, 1.0, 0.0, 1.0])
+    assert np.allclose(values[2, 2:], [0.0, 1.0], atol=1e-6)  # half a turn: the same gripper
 
 
 def test_inputs_change_the_network_and_its_values():
@@ -92,8 +118,8 @@ def test_inputs_change_the_network_and_its_values():
     assert net.conv1.in_channels == STACK_SIZE + 1
     assert net.linear.in_features == 64 + POSE_FEATURES
     states = torch.rand(2, STACK_SIZE + 1, 40, 40)
-    poses = pose_features(torch.tensor([[537, 0, 0], [537, 0, 0]]))
-    moved = pose_features(torch.tensor([[597, 60, 1], [537, 0, 0]]))
+    poses = torch.from_numpy(pose_features(np.array([[537, 0, 0], [537, 0, 0]])))
+    moved = torch.from_numpy(pose_features(np.array([[597, 60, 1], [537, 0, 0]])))
     with torch.no_grad():
         before, after = net(states, pose=poses), net(states, pose=moved)
     assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1])
@@ -112,12 +138,13 @@ def test_config_records_the_inputs_and_older_checkpoints_load_as_the_lectures(tm
     assert not LECTURE_CONFIG["first_frame_input"] and not LECTURE_CONFIG["pose_input"]
 
 
+@pytest.mark.slow
 def test_optimisation_learns_the_value_of_a_pose_it_cannot_see():
     """The frames are noise and the timestep is not an input; the reward is 1 where the first action was x+, so
     only the commanded pose tells a rewarded state from another."""
     torch.manual_seed(0)
     rng = np.random.default_rng(2)
-    memory = ReplayMemory(2000, seed=0, poses=True, max_episode_steps=2)
+    memory = ReplayMemory(2000, seed=0, pose_features=pose_features_after, max_episode_steps=2)
     for _ in range(300):
         first_action = int(rng.integers(0, 7))
         stack = FrameStack()
@@ -130,7 +157,7 @@ def test_optimisation_learns_the_value_of_a_pose_it_cannot_see():
     for _ in range(500):
         optimize_model(policy_net, target_net, optimizer, memory, 32, gamma=0.0)  # each transition its own reward
     states = torch.rand(1, STACK_SIZE, 40, 40).expand(2, -1, -1, -1)
-    poses = pose_features(torch.tensor([[597, 0, 0], [537, 0, 1]]))  # after x+, after turn+
+    poses = torch.from_numpy(pose_features(np.array([[597, 0, 0], [537, 0, 1]])))  # after x+, after turn+
     with torch.no_grad():
         values = policy_net.eval()(states, pose=poses)[:, 0]
     assert values[0] - values[1] > 0.25, values

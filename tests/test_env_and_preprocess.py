@@ -1,4 +1,5 @@
 """The real pybullet environment, the lecture's preprocessing and the frame stack."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,19 +9,20 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-
+from conftest import ROOT
 from PIL import Image
 
-from common import SCREEN_SIZE, STACK_SIZE, FrameStack, Observation, seed_everything, to_float
-from grasping.environment import make_env, preprocess_frame
-from conftest import ROOT
+from common import SCREEN_SIZE, STACK_SIZE, FrameStack, Observation, preprocess_frame, seed_everything, to_float
+from grasping.environment import make_env
 
-LECTURE_PIPELINE = T.Compose([
-    T.ToPILImage(),
-    T.Grayscale(num_output_channels=1),
-    T.Resize(40, interpolation=T.InterpolationMode.BICUBIC),
-    T.ToTensor(),
-])
+LECTURE_PIPELINE = T.Compose(
+    [
+        T.ToPILImage(),
+        T.Grayscale(num_output_channels=1),
+        T.Resize(40, interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+    ]
+)
 
 
 def lecture_preprocess(obs: np.ndarray) -> torch.Tensor:
@@ -48,6 +50,7 @@ def real_frames() -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 def test_environment_is_the_lectures(real_frames):
     assert len(real_frames) >= 4
     for obs in real_frames:
@@ -80,6 +83,7 @@ def first_observation(seed: int, camera_size: int) -> np.ndarray:
         env.close()
 
 
+@pytest.mark.slow
 def test_a_larger_rgb_observation_is_the_same_camera_in_more_detail(real_frames):
     lecture, colour96 = Observation(), Observation(96, rgb=True)
     assert (lecture.camera_size, colour96.camera_size, Observation(40, rgb=True).camera_size) == (48, 96, 48)

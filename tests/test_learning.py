@@ -1,14 +1,16 @@
 """The network, the replay memory, the epsilon schedule, acting and one optimisation step."""
+
 from __future__ import annotations
 
 import itertools
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import stream_transitions, taken
 
 from common import (
     DQN,
@@ -30,19 +32,29 @@ from common import (
 )
 from grasping.checkpoints import LECTURE_CONFIG
 from grasping.stats import wilson_interval
-from conftest import stream_transitions
 
 # The lecture's layers, by name and shape, for a 40x40 input and 7 actions.
 LECTURE_STATE_DICT_SHAPES = {
-    "conv1.weight": (32, STACK_SIZE, 8, 8), "conv1.bias": (32,),
-    "bn1.weight": (32,), "bn1.bias": (32,), "bn1.running_mean": (32,), "bn1.running_var": (32,),
+    "conv1.weight": (32, STACK_SIZE, 8, 8),
+    "conv1.bias": (32,),
+    "bn1.weight": (32,),
+    "bn1.bias": (32,),
+    "bn1.running_mean": (32,),
+    "bn1.running_var": (32,),
     "bn1.num_batches_tracked": (),
-    "conv2.weight": (64, 32, 4, 4), "conv2.bias": (64,),
-    "bn2.weight": (64,), "bn2.bias": (64,), "bn2.running_mean": (64,), "bn2.running_var": (64,),
+    "conv2.weight": (64, 32, 4, 4),
+    "conv2.bias": (64,),
+    "bn2.weight": (64,),
+    "bn2.bias": (64,),
+    "bn2.running_mean": (64,),
+    "bn2.running_var": (64,),
     "bn2.num_batches_tracked": (),
-    "conv3.weight": (64, 64, 3, 3), "conv3.bias": (64,),
-    "linear.weight": (512, 64), "linear.bias": (512,),
-    "head.weight": (7, 512), "head.bias": (7,),
+    "conv3.weight": (64, 64, 3, 3),
+    "conv3.bias": (64,),
+    "linear.weight": (512, 64),
+    "linear.bias": (512,),
+    "head.weight": (7, 512),
+    "head.bias": (7,),
 }
 
 
@@ -78,8 +90,14 @@ def test_the_fine_network_keeps_a_finer_grid_and_is_rebuilt_from_its_config(size
     assert net.convolutions(states).shape == (3, 64, grid, grid)
     assert net.linear.in_features == grid * grid * 64 + 1
     assert net(states, torch.tensor([0, 3, 6])).shape == (3, 7)
-    assert net.config == {"timestep_input": True, "image_size": size, "rgb": True, "network": "fine",
-                          "first_frame_input": False, "pose_input": False}
+    assert net.config == {
+        "timestep_input": True,
+        "image_size": size,
+        "rgb": True,
+        "network": "fine",
+        "first_frame_input": False,
+        "pose_input": False,
+    }
     rebuilt = DQN.from_config(net.config, 7)
     assert type(rebuilt) is FineDQN
     rebuilt.load_state_dict(net.state_dict(), strict=True)
@@ -91,9 +109,11 @@ def random_frame(rng: np.random.Generator, shape: tuple[int, ...] = (SCREEN_SIZE
     return rng.integers(0, 256, shape, dtype=np.uint8)
 
 
-def episodes(rng: np.random.Generator, lengths: list[int],
-             shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)) -> Iterator[tuple]:
-    """Transitions (state, action, next_state, reward, done) of episodes of the given lengths, as FrameStack makes them."""
+def episodes(
+    rng: np.random.Generator, lengths: list[int], shape: tuple[int, ...] = (SCREEN_SIZE, SCREEN_SIZE)
+) -> Iterator[tuple]:
+    """Transitions (state, action, next_state, reward, done) of episodes of the given lengths, as FrameStack
+    makes them."""
     for length in lengths:
         stack = FrameStack()
         state = stack.reset(random_frame(rng, shape))
@@ -101,7 +121,8 @@ def episodes(rng: np.random.Generator, lengths: list[int],
             done = t == length - 1
             next_state = None if done else stack.push(random_frame(rng, shape))
             yield state, int(rng.integers(7)), next_state, float(done and rng.random() < 0.5), done
-            state = next_state
+            if next_state is not None:
+                state = next_state
 
 
 def push_streams(memory: ReplayMemory, streams: list[Iterator[tuple]]) -> list[tuple]:
@@ -118,16 +139,29 @@ def push_streams(memory: ReplayMemory, streams: list[Iterator[tuple]]) -> list[t
 
 def key(state, action, next_state, reward, done) -> tuple:
     """A transition as comparable bytes; a terminal transition's next state is not part of it."""
-    return (np.asarray(state).tobytes(), int(action), None if done else np.asarray(next_state).tobytes(),
-            float(reward), bool(done))
+    return (
+        np.asarray(state).tobytes(),
+        int(action),
+        None if done else np.asarray(next_state).tobytes(),
+        float(reward),
+        bool(done),
+    )
 
 
 def sampled_keys(memory: ReplayMemory, batch_size: int) -> list[tuple]:
     batch = memory.sample(batch_size)
     assert batch.state.dtype == batch.next_state.dtype == torch.uint8
     assert batch.state.shape == batch.next_state.shape == (batch_size, STACK_SIZE, *memory.frames.shape[2:])
-    return [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
-            for i in range(batch_size)]
+    return [
+        key(
+            batch.state[i].numpy(),
+            batch.action[i].item(),
+            batch.next_state[i].numpy(),
+            batch.reward[i].item(),
+            batch.done[i].item(),
+        )
+        for i in range(batch_size)
+    ]
 
 
 def test_replay_memory_returns_exactly_what_was_pushed():
@@ -146,8 +180,16 @@ def test_replay_memory_lists_a_streams_transitions_in_order():
     push_streams(memory, [iter(first), iter(second)])
     for stream, pushed in enumerate((first, second)):
         batch = stream_transitions(memory, stream)
-        listed = [key(*(field[i].numpy() for field in batch[:3]), batch.reward[i].item(), batch.done[i].item())
-                  for i in range(len(batch.reward))]
+        listed = [
+            key(
+                batch.state[i].numpy(),
+                batch.action[i].item(),
+                batch.next_state[i].numpy(),
+                batch.reward[i].item(),
+                batch.done[i].item(),
+            )
+            for i in range(len(batch.reward))
+        ]
         assert listed == [key(*t) for t in pushed[-6:]]
 
 
@@ -155,8 +197,9 @@ def test_colour_frames_are_stored_sampled_and_fed_to_a_network_built_for_them():
     observation = Observation(36, rgb=True)
     rng = np.random.default_rng(9)
     memory = ReplayMemory(20, num_streams=2, seed=0, frame_shape=observation.frame_shape)
-    pushed = push_streams(memory, [episodes(rng, [3, 4], observation.frame_shape),
-                                   episodes(rng, [5], observation.frame_shape)])
+    pushed = push_streams(
+        memory, [episodes(rng, [3, 4], observation.frame_shape), episodes(rng, [5], observation.frame_shape)]
+    )
     assert memory.frames.shape[2:] == (3, 36, 36)
     assert sorted(sampled_keys(memory, len(pushed))) == sorted(key(*t) for t in pushed)
 
@@ -214,7 +257,7 @@ def test_replay_memory_refuses_a_state_that_does_not_continue_its_stream():
 def test_replay_memory_state_resumes_without_the_unfinished_episodes(tmp_path):
     """A resumed run gets back every finished episode still held, and nothing of an unfinished one."""
     rng = np.random.default_rng(4)
-    first = list(episodes(rng, [4, 6, 5]))   # its last episode is cut after 2 steps
+    first = list(episodes(rng, [4, 6, 5]))  # its last episode is cut after 2 steps
     second = list(episodes(rng, [3, 9, 7]))  # wrapped around, its last episode cut after 6 steps
     first, second = first[:12], second[:18]
     memory = ReplayMemory(16, num_streams=2, seed=0)
@@ -252,7 +295,8 @@ def test_replay_memory_gives_each_state_its_timestep():
     batch = memory.sample(12, n_step=2, gamma=0.9)  # each stream's newest transition waits for its next step
     # All but each stream's newest: timesteps 0 1 2 0 1 2 3 (4) and 0 1 2 3 0 (1).
     assert sorted(timestep_of[state.numpy().tobytes()] for state in batch.state) == sorted(
-        [0, 1, 2, 0, 1, 2, 3] + [0, 1, 2, 3, 0])
+        [0, 1, 2, 0, 1, 2, 3] + [0, 1, 2, 3, 0]
+    )
     for state, timestep, next_timestep in zip(batch.state, batch.timestep, batch.next_timestep):
         assert timestep.item() == timestep_of[state.numpy().tobytes()]
         assert next_timestep.item() == timestep.item() + 2
@@ -359,7 +403,7 @@ def test_one_optimisation_step_against_hand_computed_targets():
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
     bias_before = policy_net.head.bias.detach().clone()
 
-    loss, mean_q = optimize_model(policy_net, target_net, optimizer, memory, batch_size=4, gamma=gamma)
+    loss, mean_q = taken(optimize_model(policy_net, target_net, optimizer, memory, batch_size=4, gamma=gamma))
 
     # targets: 0 + 0.99 * 0.7, 1, 0 + 0.99 * 0.7, 1; Q(s, a): 0.5, 1.0, 0.2, 3.0
     # differences -0.193, 0, -0.493, 2 -> Huber 0.5 d^2 below 1, |d| - 0.5 above
@@ -368,7 +412,7 @@ def test_one_optimisation_step_against_hand_computed_targets():
     assert mean_q.item() == pytest.approx((0.5 + 1.0 + 0.2 + 3.0) / 4, abs=1e-6)
     # Gradients were clamped to [-1, 1] and Adam moved the taken actions' values toward their targets.
     for param in policy_net.parameters():
-        assert param.grad.abs().max() <= 1.0
+        assert param.grad is not None and param.grad.abs().max() <= 1.0
     moved = policy_net.head.bias.detach() - bias_before
     assert moved[0] > 0 and moved[2] > 0 and moved[3] < 0 and moved[1] == 0
     assert torch.equal(moved[4:], torch.zeros(3))
@@ -379,8 +423,9 @@ def test_double_dqn_target_takes_the_policy_argmax_and_the_target_value():
     target_net.eval()
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
 
-    loss, _ = optimize_model(policy_net, target_net, optimizer, one_step_memory(), batch_size=4, gamma=0.99,
-                             double_dqn=True)
+    loss, _ = taken(
+        optimize_model(policy_net, target_net, optimizer, one_step_memory(), batch_size=4, gamma=0.99, double_dqn=True)
+    )
 
     # The policy picks a' = 3 in every next state, where the target network says 0.0 (not its max, 0.7):
     # targets 0, 1, 0, 1 against Q(s, a) 0.5, 1.0, 0.2, 3.0 -> differences 0.5, 0, 0.2, 2
@@ -407,7 +452,7 @@ def test_optimisation_feeds_the_next_states_timestep_to_the_target():
     target_net = timestep_q_network(TARGET_Q, [0, 0, 0, 0, 0, 0, 1.0]).eval()
     optimizer = torch.optim.Adam(policy_net.parameters(), lr=1e-4)
 
-    loss, mean_q = optimize_model(policy_net, target_net, optimizer, one_step_memory(), batch_size=4, gamma=0.99)
+    loss, mean_q = taken(optimize_model(policy_net, target_net, optimizer, one_step_memory(), batch_size=4, gamma=0.99))
 
     # States are at t = 0, so Q(s, a) is POLICY_Q; next states are at t = 1, where the target's
     # action 6 is worth 0.4 + 1 = 1.4, its max: targets 0.99 * 1.4 = 1.386, 1, 1.386, 1
@@ -424,9 +469,14 @@ def states_of(transitions: list[tuple]) -> list[bytes]:
 def sample_all(memory: ReplayMemory, n_step: int, gamma: float) -> dict[bytes, tuple]:
     """Every ready transition, by the bytes of its state: (reward, done, next_state bytes)."""
     batch = memory.sample(memory.sampleable(n_step), n_step, gamma)
-    return {batch.state[i].numpy().tobytes(): (batch.reward[i].item(), batch.done[i].item(),
-                                               batch.next_state[i].numpy().tobytes())
-            for i in range(len(batch.reward))}
+    return {
+        batch.state[i].numpy().tobytes(): (
+            batch.reward[i].item(),
+            batch.done[i].item(),
+            batch.next_state[i].numpy().tobytes(),
+        )
+        for i in range(len(batch.reward))
+    }
 
 
 def test_n_step_returns_against_a_hand_worked_episode():
@@ -471,7 +521,7 @@ def test_random_shift_keeps_shapes_and_moves_pixels():
     assert not torch.equal(shifted, images)
     padded = F.pad(images, (4, 4, 4, 4), mode="replicate")
     for i in range(6):  # each image is one crop of its padded self, the same shift for all its frames
-        crops = [padded[i, :, dy:dy + 40, dx:dx + 40] for dy in range(9) for dx in range(9)]
+        crops = [padded[i, :, dy : dy + 40, dx : dx + 40] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(shifted[i], crop) for crop in crops)
     assert torch.equal(random_shift(images, pad=0), images)
 
@@ -504,7 +554,7 @@ def test_optimisation_waits_for_a_batch_and_learns_from_terminal_rewards():
     memory.push(states[3], 0, None, 1.0)
     q = policy_net.train()(to_float(torch.from_numpy(np.stack(states))))[:, :1]
     expected = F.smooth_l1_loss(q, torch.ones(4, 1)).item()
-    loss, _ = optimize_model(policy_net, target_net, optimizer, memory, batch_size=4, gamma=0.99)
+    loss, _ = taken(optimize_model(policy_net, target_net, optimizer, memory, batch_size=4, gamma=0.99))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 

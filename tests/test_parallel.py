@@ -1,4 +1,5 @@
 """Environment workers: seeding, failures, and both scripts with --num-envs 2 on the real environment."""
+
 from __future__ import annotations
 
 import os
@@ -12,36 +13,36 @@ import numpy as np
 import pybullet
 import pytest
 import torch
+from conftest import ROOT, read_events, run_script
 
+from benchmarks.simulator import gripper_and_objects
 from common import seed_everything
 from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
 from grasping.cli import WorkerError
-from grasping.environment import make_env
-from grasping.workers import EnvPool, worker_seed
-from conftest import ROOT, read_events, run_script
+from grasping.environment import make_env, worker_seed
+from grasping.process_pool import ProcessEnvPool
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from simulator import gripper_and_objects  # noqa: E402
+pytestmark = pytest.mark.slow  # every test here runs the scripts or workers end to end
 
 CPU = torch.device("cpu")
 FAST = ("--max-steps", "3", "--batch-size", "4", "--device", "cpu")
 
 
 def first_frames(seed: int) -> list[np.ndarray]:
-    """The first frame each of two workers sees after its first reset."""
-    with EnvPool(2, seed, is_test=False) as pool:
+    """The first camera image each of two workers sees after its first reset."""
+    with ProcessEnvPool(2, seed, is_test=False) as pool:
         pool.reset(0)
         pool.reset(1)
         frames: dict[int, np.ndarray] = {}
         while len(frames) < 2:
-            frames.update((index, frame) for index, frame, _, _ in pool.results())
+            frames.update((index, frame) for index, frame, _, _ in pool.results() if frame is not None)
     return [frames[0], frames[1]]
 
 
 def test_workers_see_their_own_scenes_and_a_seed_repeats_them():
     first = first_frames(seed=5)
     again = first_frames(seed=5)
-    assert first[0].shape == (40, 40) and first[0].dtype == np.uint8
+    assert first[0].shape == (48, 48, 3) and first[0].dtype == np.uint8, "the camera image, preprocessed by the learner"
     assert not np.array_equal(first[0], first[1]), "two workers of one run see different scenes"
     assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1]), "the same seed, the same scenes"
     assert not np.array_equal(first_frames(seed=6)[0], first[0])
@@ -69,7 +70,7 @@ def test_worker_seeds_pick_different_objects():
 
 
 def test_a_worker_runs_a_function_on_its_environment_such_as_where_its_gripper_and_objects_are():
-    with EnvPool(1, 3, is_test=False) as pool:
+    with ProcessEnvPool(1, 3, is_test=False) as pool:
         pool.reset(0)
         pool.results()
         gripper, objects = pool.call(0, gripper_and_objects)
@@ -84,23 +85,25 @@ def test_a_worker_runs_a_function_on_its_environment_such_as_where_its_gripper_a
 
 
 def test_a_killed_worker_is_named_in_one_clear_error():
-    with EnvPool(2, 1, is_test=False) as pool:
+    with ProcessEnvPool(2, 1, is_test=False) as pool:
         pool.reset(0)
         pool.reset(1)
         replied: set[int] = set()
         while len(replied) < 2:
             replied.update(index for index, *_ in pool.results())
-        victim = pool.processes[1].pid
+        victim = pool.pids()[1]
         os.kill(victim, signal.SIGKILL)
         pool.step(0, 0)
-        with pytest.raises(WorkerError, match=rf"^environment worker 1 \(pid {victim}\) died: killed by signal SIGKILL$"):
+        with pytest.raises(
+            WorkerError, match=rf"^environment worker 1 \(pid {victim}\) died: killed by signal SIGKILL$"
+        ):
             while True:
                 for index, *_ in pool.results():
                     pool.step(index, 0)
 
 
 def test_an_error_inside_a_worker_comes_back_as_one_line():
-    with EnvPool(1, 1, is_test=False) as pool:
+    with ProcessEnvPool(1, 1, is_test=False) as pool:
         pool.reset(0)
         pool.results()
         pool.step(0, 99)  # the environment has 7 actions; its own code raises
@@ -126,8 +129,18 @@ def test_training_and_evaluation_with_two_workers(workdir):
     assert all(value == 3 for _, value in scalars["episode_length"])
     assert "loss" in scalars, "the learner trained while the workers collected"
 
-    result = run_script("eval", "--episodes", "3", "--num-envs", "2", "--device", "cpu",
-                        "--checkpoint", "policy_dqn.resume.pt", cwd=workdir)
+    result = run_script(
+        "eval",
+        "--episodes",
+        "3",
+        "--num-envs",
+        "2",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        "policy_dqn.resume.pt",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
@@ -149,9 +162,21 @@ def test_evaluation_with_workers_repeats_itself(workdir):
 
 def test_a_worker_killed_during_training_gives_one_line_and_keeps_the_state(workdir):
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", "1000", "--num-envs", "2",
-         "--logdir", "runs/k", *FAST],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            str(ROOT / "bullet_kuka_train.py"),
+            "--episodes",
+            "1000",
+            "--num-envs",
+            "2",
+            "--logdir",
+            "runs/k",
+            *FAST,
+        ],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120

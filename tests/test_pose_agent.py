@@ -1,17 +1,23 @@
 """The pose agent: its kinematics and camera against the real arm, acting, its memory and learning, end to end."""
+
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, assert_one_line_error, read_events, run_script, taken
 
 from common import seed_everything
 from grasping.checkpoints import checkpoint_config, load_checkpoint
 from grasping.cli import CheckpointError
 from grasping.environment import make_env, quiet_pybullet
-from conftest import ROOT, assert_one_line_error, read_events, run_script
 from grasping.kinematics import ANGLE_STEP, START_POSE, move, pose_array
 from grasping.pose_agent import (
     GRASP_AFTER,
@@ -28,8 +34,20 @@ from grasping.pose_agent import (
 )
 
 CPU = torch.device("cpu")
-TINY = ("--max-steps", "3", "--batch-size", "2", "--learning-starts", "2", "--device", "cpu", "--image-size", "48",
-        "--clip-every", "0")
+TINY = (
+    "--max-steps",
+    "3",
+    "--batch-size",
+    "2",
+    "--learning-starts",
+    "2",
+    "--device",
+    "cpu",
+    "--image-size",
+    "48",
+    "--clip-every",
+    "0",
+)
 
 
 def commanded_pose(env) -> tuple[int, int, int]:
@@ -43,6 +61,7 @@ def lattice() -> PoseLattice:
     return PoseLattice()
 
 
+@pytest.mark.slow
 def test_the_reachable_poses_are_the_real_arms_clamps_included(lattice):
     assert len(lattice.finals) == 512 and len(lattice.poses) == 512, "7 actions from the start reach 512 poses"
     seed_everything(5)
@@ -107,6 +126,7 @@ def test_a_poses_patch_is_centred_on_its_pixel():
     assert abs(peak[0] - 15.5) <= 1.5 and abs(peak[1] - 15.5) <= 1.5, peak
 
 
+@pytest.mark.slow
 def test_greedy_acting_reaches_the_pose_it_chose(lattice):
     torch.manual_seed(0)
     net = GraspNet(48, rgb=True)
@@ -139,7 +159,7 @@ def test_an_exploring_episode_reaches_a_random_final_pose_and_stays(lattice):
     policy = PosePolicy(net, lattice, random.Random(1))
     states = np.zeros((2, 5, 48, 48), dtype=np.uint8)
     targets = set()
-    for episode in range(20):
+    for _episode in range(20):
         for t in range(GRASP_AFTER + 2):
             policy(states, [0, 1], [t, t], epsilon=1.0)
         for index in (0, 1):
@@ -166,7 +186,9 @@ def test_episode_memory_keeps_the_last_episodes_and_resumes(tmp_path):
     again = EpisodeMemory(3, (2, 4, 4), seed=1)
     again.load_state_dict(torch.load(tmp_path / "memory.pt", weights_only=True))
     assert torch.equal(again.frames, memory.frames) and again.pushed == 5
-    assert [tuple(r) for r in again.sample(2)[1][:, 0].tolist()] == [tuple(r) for r in memory.sample(2)[1][:, 0].tolist()]
+    assert [tuple(r) for r in again.sample(2)[1][:, 0].tolist()] == [
+        tuple(r) for r in memory.sample(2)[1][:, 0].tolist()
+    ]
     with pytest.raises(ValueError, match="not up to 2"):
         EpisodeMemory(2, (2, 4, 4)).load_state_dict(memory.state_dict())
 
@@ -180,11 +202,12 @@ def push_bright_square_episodes(memory: EpisodeMemory, lattice: PoseLattice, epi
         target = rng.integers(len(finals))
         frame = np.zeros((48, 48), dtype=np.uint8)
         column, row = pixels[target]
-        frame[max(row - 1, 0):row + 2, max(column - 1, 0):column + 2] = 255
+        frame[max(row - 1, 0) : row + 2, max(column - 1, 0) : column + 2] = 255
         tried = target if rng.random() < 0.5 else rng.integers(len(finals))
         memory.push(frame, finals[tried], float(np.abs(pixels[tried] - pixels[target]).max() <= 1))
 
 
+@pytest.mark.slow
 def test_the_grasp_network_learns_where_a_grasp_succeeds(lattice):
     """A grasp succeeds where the frame has a bright square: after training the network ranks those poses first."""
     torch.manual_seed(0)
@@ -198,24 +221,35 @@ def test_the_grasp_network_learns_where_a_grasp_succeeds(lattice):
     assert loss < 0.5 * first, (first, loss)
 
 
+@pytest.mark.slow
 def test_a_refit_starts_from_fresh_weights_passes_over_every_episode_and_learns():
     """With refit_every 100, the 100th episode's end retrains the network from scratch on the whole memory; the
     episodes before it leave the network alone."""
     agents = []
     for online_steps in (0, 20):
         torch.manual_seed(0)
-        agent = PoseAgent(48, False, CPU, seed=1, lr=1e-3, capacity=200, batch_size=32, learning_starts=50,
-                          refit_every=100, refit_epochs=8)
+        agent = PoseAgent(
+            48,
+            False,
+            CPU,
+            seed=1,
+            lr=1e-3,
+            capacity=200,
+            batch_size=32,
+            learning_starts=50,
+            refit_every=100,
+            refit_epochs=8,
+        )
         push_bright_square_episodes(agent.memory, agent.lattice, 100, seed=2)
         for _ in range(online_steps):  # weights and optimizer moments that the refit must forget
             grasp_loss(agent.net, agent.optimizer, *agent.memory.sample(32))
         before = [p.detach().clone() for p in agent.net.parameters()]
         assert agent.learn() is None, "no online steps between refits"
-        assert all(agent.episode_done(i) is None for i in range(99)), "only every 100th episode refits"
+        assert all(agent.end_episode(i) is None for i in range(99)), "only every 100th episode refits"
         assert all(torch.equal(a, b) for a, b in zip(before, agent.net.parameters()))
         torch.manual_seed(3)
         agent.memory.rng = np.random.default_rng(4)
-        loss, _ = agent.episode_done(99)
+        loss, _ = taken(agent.end_episode(99))
         assert agent.gradient_steps == 8 * 4, "8 passes over 100 episodes in batches of 32"
         agents.append((agent, float(loss)))
     (fresh, fresh_loss), (trained, trained_loss) = agents
@@ -231,17 +265,35 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
     with pytest.raises(CheckpointError, match="a checkpoint of the dqn agent, not of --agent pose"):
         pose_config({"policy_net_state_dict": {}}, "d.pt")
     assert pose_config(pose, "p.pt") == {"agent": "pose", "image_size": 48, "rgb": True}
-    for bad in ({"agent": "pose", "image_size": 20, "rgb": True}, {"agent": "pose", "rgb": True},
-                {"agent": "pose", "image_size": 48, "rgb": "yes"}):
+    for bad in (
+        {"agent": "pose", "image_size": 20, "rgb": True},
+        {"agent": "pose", "rgb": True},
+        {"agent": "pose", "image_size": 48, "rgb": "yes"},
+    ):
         with pytest.raises(CheckpointError, match="not a pose agent's configuration"):
             pose_config({"config": bad}, "p.pt")
 
 
-@pytest.mark.parametrize("num_envs,learning", [(1, ()), (2, ("--refit-every", "2", "--refit-epochs", "2"))],
-                         ids=["1-online", "2-refits"])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "num_envs,learning", [(1, ()), (2, ("--refit-every", "2", "--refit-epochs", "2"))], ids=["1-online", "2-refits"]
+)
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
-    result = run_script("train", "--agent", "pose", "--rgb", "--episodes", "3", "--num-envs", str(num_envs),
-                        "--logdir", "runs/pose", *TINY, *learning, cwd=workdir)
+    result = run_script(
+        "train",
+        "--agent",
+        "pose",
+        "--rgb",
+        "--episodes",
+        "3",
+        "--num-envs",
+        str(num_envs),
+        "--logdir",
+        "runs/pose",
+        *TINY,
+        *learning,
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
@@ -249,8 +301,20 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert "target_net_state_dict" not in state, "the pose agent has no target network"
     assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3, 48, 48)
 
-    result = run_script("train", "--agent", "pose", "--rgb", "--episodes", "5", "--num-envs", str(num_envs),
-                        "--resume", *TINY, *learning, cwd=workdir)
+    result = run_script(
+        "train",
+        "--agent",
+        "pose",
+        "--rgb",
+        "--episodes",
+        "5",
+        "--num-envs",
+        str(num_envs),
+        "--resume",
+        *TINY,
+        *learning,
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     assert "Resuming from policy_dqn.resume.pt at episode 3 (replay memory restored: 3 episodes)" in result.stdout
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("replay_memory",))
@@ -263,8 +327,21 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
         assert "loss" in scalars
 
     gif = ("--gif", "pose.gif") if num_envs == 1 else ()
-    result = run_script("eval", "--checkpoint", "policy_dqn.resume.pt", "--episodes", "2", "--max-steps", "3",
-                        "--num-envs", str(num_envs), "--device", "cpu", *gif, cwd=workdir)
+    result = run_script(
+        "eval",
+        "--checkpoint",
+        "policy_dqn.resume.pt",
+        "--episodes",
+        "2",
+        "--max-steps",
+        "3",
+        "--num-envs",
+        str(num_envs),
+        "--device",
+        "cpu",
+        *gif,
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "Success rate: 0/2 = 0.0%" in result.stdout, "3 actions never reach the objects"
@@ -272,9 +349,66 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
         assert (workdir / "pose.gif").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_a_sigterm_during_a_refit_stops_the_run_at_once_with_its_state_saved(workdir):
+    """A refit of 100,000 passes would take hours: the run must stop within seconds of the signal, keep the network
+    the refit started from, and leave the refit to the resumed run."""
+    flags = ("--agent", "pose", "--refit-every", "3", *TINY, "--logdir", "runs/r")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bullet_kuka_train.py"), "--episodes", "6", "--refit-epochs", "100000", *flags],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not episodes_logged(workdir / "runs" / "r") == [0, 1, 2]:
+        time.sleep(0.5)  # each episode is in TensorBoard as it ends; the refit follows the third
+    time.sleep(2)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 20, "stopped within seconds, not after the refit"
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Terminated after 3 episodes: state saved to policy_dqn.resume.pt" in stdout
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict",))
+    assert state["episode"] == 3 and state["refit_owed"] is True
+
+    result = run_script("train", "--resume", "--episodes", "4", "--refit-epochs", "1", *flags, cwd=workdir)
+    assert_one_line_error(result, "--refit-epochs 1 (saved: 100000)")
+    result = run_script(
+        "train", "--resume", "--episodes", "4", "--refit-epochs", "1", "--change-hyperparameters", *flags, cwd=workdir
+    )
+    assert result.returncode == 0, result.stderr
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict",))
+    assert state["episode"] == 4 and state["refit_owed"] is False, "the resumed run made the owed refit"
+    scalars, _ = read_events(workdir / "runs" / "r")
+    assert [step for step, _ in scalars["loss"]] == [3], "its loss logged at the episode it follows"
+
+
+def episodes_logged(logdir: Path) -> list[int]:
+    """The episodes whose epsilon a run has written to TensorBoard so far."""
+    if not logdir.exists():
+        return []
+    return [step for step, _ in read_events(logdir)[0].get("epsilon", [])]
+
+
+@pytest.mark.slow
 def test_a_resume_with_the_other_agent_is_refused_in_one_line(workdir):
-    result = run_script("train", "--episodes", "1", "--max-steps", "3", "--batch-size", "2", "--device", "cpu",
-                        "--clip-every", "0", cwd=workdir)
+    result = run_script(
+        "train",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--clip-every",
+        "0",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     result = run_script("train", "--agent", "pose", "--episodes", "2", "--resume", *TINY, cwd=workdir)
     assert_one_line_error(result, "policy_dqn.resume.pt was saved by a run with --agent dqn")
@@ -285,8 +419,10 @@ def test_a_resume_with_the_other_agent_is_refused_in_one_line(workdir):
     assert_one_line_error(result, "policy_dqn.resume.pt was saved by a run with --agent pose")
 
 
+@pytest.mark.slow
 def test_the_shipped_policy_is_a_pose_agent_the_eval_script_rebuilds(workdir):
-    checkpoint = ROOT / "pretrained" / "policy_dqn.pt"
+    checkpoint = ROOT / "pretrained" / "pose_agent.pt"
+    assert (ROOT / "pretrained" / "policy_dqn.pt").read_bytes() == checkpoint.read_bytes(), "the earlier name works"
     state = load_checkpoint(checkpoint, CPU, ("policy_net_state_dict",))
     assert pose_config(state, checkpoint) == {"agent": "pose", "image_size": 96, "rgb": True}
     result = run_script("eval", "--checkpoint", str(checkpoint), "--episodes", "1", "--device", "cpu", cwd=workdir)

@@ -1,5 +1,6 @@
 """--backend ray: environment workers as Ray actors, with a real local Ray. Skipped where Ray is not installed
-(pip install -r requirements-ray.txt), except the one-line message that says how to install it."""
+(pip install -e ".[ray]"), except the one-line message that says how to install it."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, assert_one_line_error, run_script
 
 from grasping.checkpoints import load_checkpoint, resume_path
-from conftest import ROOT, assert_one_line_error, run_script
+
+pytestmark = pytest.mark.slow  # every test here runs the scripts or workers end to end
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed")
 TINY = ("--max-steps", "3", "--batch-size", "4", "--device", "cpu", "--clip-every", "0")
@@ -29,13 +32,26 @@ def test_training_and_evaluation_run_end_to_end_on_ray_actors(workdir):
     state = load_checkpoint(resume_path(workdir / "policy_dqn.pt"), "cpu", ("episode", "replay_memory"))
     assert state["episode"] == 4
 
-    resumed = run_script("train", "--backend", "ray", "--num-envs", "2", "--episodes", "6", "--resume", *TINY,
-                         cwd=workdir)
+    resumed = run_script(
+        "train", "--backend", "ray", "--num-envs", "2", "--episodes", "6", "--resume", *TINY, cwd=workdir
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from policy_dqn.resume.pt at episode 4 (replay memory restored: " in resumed.stdout
 
-    evaluated = run_script("eval", "--backend", "ray", "--num-envs", "2", "--episodes", "3", "--device", "cpu",
-                           "--checkpoint", "policy_dqn.resume.pt", cwd=workdir)
+    evaluated = run_script(
+        "eval",
+        "--backend",
+        "ray",
+        "--num-envs",
+        "2",
+        "--episodes",
+        "3",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        "policy_dqn.resume.pt",
+        cwd=workdir,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     numbers = [line.split(",")[0] for line in evaluated.stdout.splitlines() if line.startswith("Episode: ")]
     assert numbers == ["Episode: 1", "Episode: 2", "Episode: 3"], "printed in episode order"
@@ -44,8 +60,26 @@ def test_training_and_evaluation_run_end_to_end_on_ray_actors(workdir):
 
 @needs_ray
 def test_the_pose_agent_trains_on_ray_actors(workdir):
-    result = run_script("train", "--backend", "ray", "--num-envs", "2", "--agent", "pose", "--image-size", "48",
-                        "--episodes", "3", "--max-steps", "3", "--device", "cpu", "--clip-every", "0", cwd=workdir)
+    result = run_script(
+        "train",
+        "--backend",
+        "ray",
+        "--num-envs",
+        "2",
+        "--agent",
+        "pose",
+        "--image-size",
+        "48",
+        "--episodes",
+        "3",
+        "--max-steps",
+        "3",
+        "--device",
+        "cpu",
+        "--clip-every",
+        "0",
+        cwd=workdir,
+    )
     assert result.returncode == 0, result.stderr
     state = load_checkpoint(resume_path(workdir / "policy_dqn.pt"), "cpu", ("episode", "replay_memory", "config"))
     assert state["config"]["agent"] == "pose" and state["episode"] == 3
@@ -56,25 +90,43 @@ def test_the_pose_agent_trains_on_ray_actors(workdir):
 def test_a_killed_actor_is_replaced_and_the_run_finishes_with_the_loss_counted(workdir):
     log = workdir / "out.txt"
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, str(ROOT / "bullet_kuka_train.py"), "--backend", "ray",
-                                    "--num-envs", "2", "--episodes", "6", *TINY[2:]], cwd=workdir, stdout=out,
-                                   stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "bullet_kuka_train.py"),
+                "--backend",
+                "ray",
+                "--num-envs",
+                "2",
+                "--episodes",
+                "6",
+                *TINY[2:],
+            ],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         actors = _actor_processes(log, process)
         time.sleep(3)  # mid-episode
         os.kill(actors[0], signal.SIGKILL)
         _, stderr = process.communicate(timeout=600)
     stdout = log.read_text()
     assert process.returncode == 0, stderr
-    assert "Environment worker 0 was lost and replaced: its unfinished episode is dropped (1 so far)" in stdout \
-        or "Environment worker 1 was lost and replaced: its unfinished episode is dropped (1 so far)" in stdout, stdout
+    assert (
+        "Environment worker 0 was lost and replaced: its unfinished episode is dropped (1 so far)" in stdout
+        or "Environment worker 1 was lost and replaced: its unfinished episode is dropped (1 so far)" in stdout
+    ), stdout
     state = load_checkpoint(resume_path(workdir / "policy_dqn.pt"), "cpu", ("episode",))
     assert state["episode"] == 6
 
 
 @needs_ray
 def test_an_evaluation_plays_a_lost_episode_again():
+    from common import Observation
     from grasping.evaluation import play_in_parallel, random_policy
-    from grasping.ray_workers import RayEnvPool
+    from grasping.ray_pool import RayEnvPool
 
     with RayEnvPool(2, 1, is_test=True) as pool:
         kill = {"after": 4}
@@ -87,16 +139,31 @@ def test_an_evaluation_plays_a_lost_episode_again():
                 pool.ray.kill(pool.actors[1])
             return choose(states, indices, timesteps)
 
-        result = play_in_parallel(pool, policy, 4)
+        result = play_in_parallel(pool, Observation(), policy, 4)
         assert pool.replacements == 1
     assert result.lost == 1 and len(result.rewards) == 4 and all(sequence for sequence in result.sequences)
 
 
 @needs_ray
 def test_the_throughput_benchmark_measures_ray_actors(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--backend", "ray",
-                             "--max-envs", "1", "--episodes-per-env", "1", "--device", "cpu"],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "throughput.py"),
+            "--backend",
+            "ray",
+            "--max-envs",
+            "1",
+            "--episodes-per-env",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Backend: ray" in result.stdout
     [row] = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
@@ -107,20 +174,24 @@ def test_the_throughput_benchmark_measures_ray_actors(tmp_path):
 
 @pytest.mark.parametrize("script", ["train", "eval"])
 def test_backend_ray_without_ray_installed_says_how_to_install_it(workdir, script):
-    code = (f"import runpy, sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "sys.modules['ray'] = None; "  # as if Ray were not installed: `import ray` fails
-            f"sys.argv = ['bullet_kuka_{script}.py', '--backend', 'ray', '--num-envs', '2', '--policy', 'random'] "
-            f"if '{script}' == 'eval' else ['bullet_kuka_train.py', '--backend', 'ray', '--num-envs', '2']; "
-            f"runpy.run_path({str(ROOT / f'bullet_kuka_{script}.py')!r}, run_name='__main__')")
+    code = (
+        "import runpy, sys; "
+        "sys.modules['ray'] = None; "  # as if Ray were not installed: `import ray` fails
+        f"sys.argv = ['bullet_kuka_{script}.py', '--backend', 'ray', '--num-envs', '2', '--policy', 'random'] "
+        f"if '{script}' == 'eval' else ['bullet_kuka_train.py', '--backend', 'ray', '--num-envs', '2']; "
+        f"runpy.run_path({str(ROOT / f'bullet_kuka_{script}.py')!r}, run_name='__main__')"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=120)
-    assert_one_line_error(result, "--backend ray: Ray is not installed; pip install -r requirements-ray.txt")
+    assert_one_line_error(result, '--backend ray: Ray is not installed; pip install -e ".[ray]"')
     assert not (workdir / "policy_dqn.resume.pt").exists()
 
 
 @pytest.mark.parametrize("script", ["train", "eval"])
 def test_ray_address_without_backend_ray_is_refused(workdir, script):
-    assert_one_line_error(run_script(script, "--ray-address", "127.0.0.1:6379", cwd=workdir),
-                          "--ray-address: applies to --backend ray only")
+    assert_one_line_error(
+        run_script(script, "--ray-address", "127.0.0.1:6379", cwd=workdir),
+        "--ray-address: applies to --backend ray only",
+    )
 
 
 def _actor_processes(log: Path, process: subprocess.Popen) -> list[int]:
@@ -133,3 +204,13 @@ def _actor_processes(log: Path, process: subprocess.Popen) -> list[int]:
                 return [int(pid) for pid in found]
         time.sleep(0.5)
     raise AssertionError(f"no actors: {log.read_text()}")
+
+
+@needs_ray
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "10.255.255.1:6379", "no-port"])
+def test_an_unreachable_ray_address_is_refused_in_one_line_within_seconds(workdir, address):
+    started = time.monotonic()
+    result = run_script("train", "--backend", "ray", "--ray-address", address, "--num-envs", "2", cwd=workdir)
+    assert_one_line_error(result, f"--ray-address {address}: ")
+    assert time.monotonic() - started < 60, "not Ray's minutes of retries"
+    assert not (workdir / "policy_dqn.resume.pt").exists()

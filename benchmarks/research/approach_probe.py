@@ -20,6 +20,7 @@ lecture's network, or with `--network fine` to the finer one (`FineDQN`):
   gray96, rgb48, gray48: that frame through the project's preprocessing in grayscale, at 48x48
   (bicubic), or both, to tell what colour and what resolution each add.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,20 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
-
-from common import NETWORKS, random_shift, to_float  # noqa: E402
-from grasping.cli import OneLineArgumentParser, positive_int  # noqa: E402
-from grasping.environment import preprocess_frame  # noqa: E402
-from grasping.evaluation import random_policy  # noqa: E402
-from grasping.rollouts import Rollouts  # noqa: E402
-from grasping.workers import EnvPool  # noqa: E402
-from input_probe import in_episode_order, saved_episodes, write_rows  # noqa: E402
-from probe import probe_network  # noqa: E402
-from simulator import gripper_and_objects  # noqa: E402
+from benchmarks.learning import ROOT
+from benchmarks.research.input_probe import in_episode_order, saved_episodes, write_rows
+from benchmarks.research.probe import probe_network
+from benchmarks.simulator import gripper_and_objects
+from common import NETWORKS, Observation, preprocess_frame, random_shift, to_float
+from grasping.cli import OneLineArgumentParser, positive_int
+from grasping.evaluation import random_policy
+from grasping.process_pool import ProcessEnvPool
+from grasping.rollouts import Rollouts
 
 DIRECTIONS = {1: (-1.0, 0.0), 2: (1.0, 0.0), 3: (0.0, -1.0), 4: (0.0, 1.0)}
 """x-, x+, y-, y+: the actions that move the gripper in the tray's plane, and which way."""
@@ -65,10 +61,17 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
     """Random-policy episodes (`Rollouts`, a generator per worker): per move its state, the 96x96 scene, the
     action, the approach, the episode, and where the gripper and the objects were before the move, in episode
     order."""
-    columns: dict[str, list] = {"stack40": [], "rgb96": [], "action": [], "approach": [], "episode": [],
-                                "gripper": [], "objects": []}
-    with EnvPool(num_envs, seed, is_test=False) as pool:
-        rollouts = Rollouts(pool, episodes)
+    columns: dict[str, list] = {
+        "stack40": [],
+        "rgb96": [],
+        "action": [],
+        "approach": [],
+        "episode": [],
+        "gripper": [],
+        "objects": [],
+    }
+    with ProcessEnvPool(num_envs, seed, is_test=False) as pool:
+        rollouts = Rollouts(pool, Observation(), episodes)
         choose = random_policy(pool.n_actions, seed, num_envs)
         moving: list = [None] * num_envs  # a move's record until its worker replies; None after other actions
 
@@ -78,9 +81,14 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
             for state, index, action in zip(states, indices, actions):
                 if action in MOVES:
                     gripper, objects = pool.call(index, gripper_and_objects)
-                    moving[index] = dict(stack40=state, rgb96=pool.scene(index, 96).transpose(2, 0, 1),
-                                         action=action, episode=rollouts.playing[index], gripper=gripper,
-                                         objects=objects)
+                    moving[index] = dict(
+                        stack40=state,
+                        rgb96=pool.scene(index, 96).transpose(2, 0, 1),
+                        action=action,
+                        episode=rollouts.playing[index],
+                        gripper=gripper,
+                        objects=objects,
+                    )
             return actions
 
         while not rollouts.finished:
@@ -88,8 +96,10 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
                 if moving[step.env] is not None:
                     record, moving[step.env] = moving[step.env], None
                     gripper_after = pool.call(step.env, gripper_and_objects)[0]
-                    record["approach"] = float(nearest(record["objects"], record["gripper"])
-                                               - nearest(record["objects"], gripper_after)) / ACTION_LENGTH
+                    record["approach"] = (
+                        float(nearest(record["objects"], record["gripper"]) - nearest(record["objects"], gripper_after))
+                        / ACTION_LENGTH
+                    )
                     for key, value in record.items():
                         columns[key].append(value)
             rollouts.act(policy)
@@ -108,9 +118,10 @@ def ideal_approach(data: dict[str, np.ndarray]) -> np.ndarray:
 
 def network_input(data: dict[str, np.ndarray], name: str) -> torch.Tensor:
     """One of `INPUTS` for every move, as the network's floats (moves, channels, size, size)."""
-    if INPUTS[name] is None:
+    resized = INPUTS[name]
+    if resized is None:
         return to_float(torch.from_numpy(data[name]))
-    size, rgb = INPUTS[name]
+    size, rgb = resized
     frames = np.stack([preprocess_frame(scene, size, rgb) for scene in data["rgb96"].transpose(0, 2, 3, 1)])
     return to_float(torch.from_numpy(frames if rgb else frames[:, None]))
 
@@ -119,23 +130,35 @@ def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
     return float(1 - ((predicted - target) ** 2).mean() / ((target - target.mean()) ** 2).mean())
 
 
-def fit_approach(net: torch.nn.Module, images: torch.Tensor, actions: torch.Tensor, approach: torch.Tensor,
-                 train: np.ndarray, test: np.ndarray, epochs: int, rng: np.random.Generator,
-                 pad: int) -> tuple[list[float], float]:
+def fit_approach(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    actions: torch.Tensor,
+    approach: torch.Tensor,
+    train: np.ndarray,
+    test: np.ndarray,
+    epochs: int,
+    rng: np.random.Generator,
+    pad: int,
+) -> tuple[list[float], float]:
     """Held-out R^2 after each epoch of training `net`'s output for the action taken, and R^2 on `train` at the end."""
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-4, weight_decay=1e-4)
 
     def predict(index: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([net(images[index[i:i + 256]]).gather(1, actions[index[i:i + 256], None])[:, 0]
-                              for i in range(0, len(index), 256)])
+            return torch.cat(
+                [
+                    net(images[index[i : i + 256]]).gather(1, actions[index[i : i + 256], None])[:, 0]
+                    for i in range(0, len(index), 256)
+                ]
+            )
 
     scores = []
     for _ in range(epochs):
         net.train()
         order = rng.permutation(train)
         for start in range(0, len(order), 64):
-            index = order[start:start + 64]
+            index = order[start : start + 64]
             predicted = net(random_shift(images[index], pad)).gather(1, actions[index, None])[:, 0]
             loss = F.mse_loss(predicted, approach[index])
             optimizer.zero_grad()
@@ -151,9 +174,13 @@ def main() -> int:
     parser.add_argument("--episodes", type=positive_int, default=1000, help="random-policy episodes to learn from")
     parser.add_argument("--epochs", type=positive_int, default=20, help="epochs of each probe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the probes")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "approach-probe",
-                        help="folder for the episodes (episodes.npz) and the scores (approach_probe.csv, "
-                             "approach_probe-fine.csv with --network fine)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "approach-probe",
+        help="folder for the episodes (episodes.npz) and the scores (approach_probe.csv, "
+        "approach_probe-fine.csv with --network fine)",
+    )
     parser.add_argument("--network", choices=tuple(NETWORKS), default="lecture", help="the Q-network that learns")
     parser.add_argument("--inputs", nargs="+", choices=tuple(INPUTS), default=list(INPUTS), help="the inputs to probe")
     args = parser.parse_args()
@@ -161,19 +188,23 @@ def main() -> int:
 
     data = saved_episodes(args.out, args.episodes, args.seed, collect)
     approach, actions = torch.from_numpy(data["approach"]), torch.from_numpy(data["action"]).long()
-    print(f"{len(approach)} moves; approach per move: mean {approach.mean():.3f}, "
-          f"standard deviation {approach.std():.3f} action lengths")
+    print(
+        f"{len(approach)} moves; approach per move: mean {approach.mean():.3f}, "
+        f"standard deviation {approach.std():.3f} action lengths"
+    )
 
     held_out = data["episode"] % 5 == 4
     train_all, test = np.flatnonzero(~held_out), np.flatnonzero(held_out)
     mean_of = {a: approach[train_all][actions[train_all] == a].mean() for a in MOVES}
     by_action = torch.stack([mean_of[int(a)] for a in actions[test]])
     ideal = torch.from_numpy(ideal_approach(data))
-    print(f"the action alone (its mean approach): held-out R^2 {r_squared(by_action, approach[test]):.3f}\n"
-          f"the simulator's positions, the gripper moving one action length: held-out R^2 "
-          f"{r_squared(ideal[test], approach[test]):.3f}\n\n"
-          "| input | moves learned from | best held-out R^2 (epoch) | R^2 on the moves learned from | seconds |\n"
-          "| --- | --: | --: | --: | --: |")
+    print(
+        f"the action alone (its mean approach): held-out R^2 {r_squared(by_action, approach[test]):.3f}\n"
+        f"the simulator's positions, the gripper moving one action length: held-out R^2 "
+        f"{r_squared(ideal[test], approach[test]):.3f}\n\n"
+        "| input | moves learned from | best held-out R^2 (epoch) | R^2 on the moves learned from | seconds |\n"
+        "| --- | --: | --: | --: | --: |"
+    )
     rows = []
     for name in args.inputs:
         images = network_input(data, name)
@@ -183,18 +214,36 @@ def main() -> int:
             torch.manual_seed(args.seed)
             start = time.time()
             net = probe_network(NETWORKS[args.network], size, channels, 7)
-            scores, train_score = fit_approach(net, images, actions, approach, train, test, args.epochs,
-                                               np.random.default_rng(args.seed), pad=max(2, size // 10))
-            row = dict(input=name, fraction=fraction, train=len(train), test=len(test),
-                       best_r2=round(max(scores), 3), best_epoch=int(np.argmax(scores)) + 1,
-                       train_r2=round(train_score, 3),
-                       seconds=round(time.time() - start))
+            scores, train_score = fit_approach(
+                net,
+                images,
+                actions,
+                approach,
+                train,
+                test,
+                args.epochs,
+                np.random.default_rng(args.seed),
+                pad=max(2, size // 10),
+            )
+            row = dict(
+                input=name,
+                fraction=fraction,
+                train=len(train),
+                test=len(test),
+                best_r2=round(max(scores), 3),
+                best_epoch=int(np.argmax(scores)) + 1,
+                train_r2=round(train_score, 3),
+                seconds=round(time.time() - start),
+            )
             rows.append(row)
-            print(f"| {name} | {len(train)} | {row['best_r2']:.3f} ({row['best_epoch']}) | {row['train_r2']:.3f} "
-                  f"| {row['seconds']} |",
-                  flush=True)
-    write_rows(args.out / ("approach_probe.csv" if args.network == "lecture" else f"approach_probe-{args.network}.csv"),
-               rows)
+            print(
+                f"| {name} | {len(train)} | {row['best_r2']:.3f} ({row['best_epoch']}) | {row['train_r2']:.3f} "
+                f"| {row['seconds']} |",
+                flush=True,
+            )
+    write_rows(
+        args.out / ("approach_probe.csv" if args.network == "lecture" else f"approach_probe-{args.network}.csv"), rows
+    )
     return 0
 
 

@@ -17,29 +17,27 @@ update, does not. Where a configuration stays at the random policy's level on un
 the run's checkpoints and TensorBoard logs, and OUT/policies/episode-E.pt, the policy evaluated; a
 later call with more --episodes and the same training flags goes on from the saved state.
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
-
-import bullet_kuka_train  # noqa: E402
-from grasping.checkpoints import resume_path  # noqa: E402
-from grasping.cli import OneLineArgumentParser, positive_int, report_errors  # noqa: E402
-from grasping.environment import grasp_env_class  # noqa: E402
-from grasping.evaluation import evaluate  # noqa: E402
-from grasping.stats import wilson_interval  # noqa: E402
-from input_probe import write_rows  # noqa: E402
-from learning import saved_state, snapshot  # noqa: E402
+from benchmarks.learning import ROOT, saved_state, snapshot
+from benchmarks.research.input_probe import write_rows
+from grasping.checkpoints import resume_path
+from grasping.cli import OneLineArgumentParser, UsageError, exit_status, positive_int, report_errors
+from grasping.environment import grasp_env_class
+from grasping.evaluation import evaluate
+from grasping.flags import parse_training_args
+from grasping.stats import wilson_interval
+from grasping.training import train
 
 TRAIN_FLAGS = ("--preset", "fast-dqn", "--eps-decay-last-frame", "200")
 """Training flags before the user's: epsilon reaches 0.05 at episode 200, half way through the default budget."""
@@ -89,8 +87,9 @@ def repeating_scenes(count: int) -> Iterator[list[int]]:
 def play(policy: str, checkpoint: Path, args: Any) -> list[tuple[int, int]]:
     """(scene, reward) for each of the evaluation's episodes, every scene --eval-episodes times."""
     with repeating_scenes(args.scenes) as scenes:
-        result = evaluate(checkpoint if policy == "greedy" else None, args.scenes * args.eval_episodes,
-                          is_test=False, seed=args.seed)
+        result = evaluate(
+            checkpoint if policy == "greedy" else None, args.scenes * args.eval_episodes, is_test=False, seed=args.seed
+        )
     print(f"Success rate: {result.success_rate()}, {policy} policy on the {args.scenes} scenes")
     return list(zip(scenes, (int(reward) for reward in result.rewards)))
 
@@ -98,15 +97,19 @@ def play(policy: str, checkpoint: Path, args: Any) -> list[tuple[int, int]]:
 def main() -> int:
     own, given = sys.argv[1:], []
     if "--" in own:
-        own, given = own[:own.index("--")], own[own.index("--") + 1:]
+        own, given = own[: own.index("--")], own[own.index("--") + 1 :]
     train_flags = [*TRAIN_FLAGS, *given]
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=positive_int, default=5, help="scenes to train and evaluate on")
     parser.add_argument("--episodes", type=positive_int, default=400, help="training episodes in all")
     parser.add_argument("--eval-episodes", type=positive_int, default=10, help="episodes per scene and policy")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random policy's actions")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fixed-scenes",
-                        help="folder of the run and its results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "fixed-scenes",
+        help="folder of the run and its results",
+    )
     args = parser.parse_args(own)
     for flag in SET_HERE:
         if any(arg == flag or arg.startswith(flag + "=") for arg in given):
@@ -114,14 +117,29 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.out / "policy_dqn.pt"
-    command = [*train_flags, "--num-envs", "1", "--episodes", str(args.episodes), "--solve-score", "101",
-               "--clip-every", "0", "--checkpoint", str(checkpoint), "--logdir", str(args.out / "logs")]
+    command = [
+        *train_flags,
+        "--num-envs",
+        "1",
+        "--episodes",
+        str(args.episodes),
+        "--solve-score",
+        "101",
+        "--clip-every",
+        "0",
+        "--checkpoint",
+        str(checkpoint),
+        "--logdir",
+        str(args.out / "logs"),
+    ]
     if resume_path(checkpoint).exists():
         command.append("--resume")
     with repeating_scenes(args.scenes):
-        status = bullet_kuka_train.main(command)
-    if status:
-        return status
+        run = train(parse_training_args(command))
+    if run.failure is not None:
+        raise UsageError(f"training failed: {run.failure}")
+    if run.stop is not None:
+        return exit_status(run.stop)
     episode = saved_state(args.out)[0]
     policy = snapshot(args.out, episode)
 
@@ -130,8 +148,15 @@ def main() -> int:
     for scene in range(args.scenes):
         for name, outcomes in played.items():
             rewards = [reward for drawn, reward in outcomes if drawn == scene]
-            rows.append({"episode": episode, "scene": scene, "policy": name, "successes": sum(rewards),
-                         "episodes": len(rewards)})
+            rows.append(
+                {
+                    "episode": episode,
+                    "scene": scene,
+                    "policy": name,
+                    "successes": sum(rewards),
+                    "episodes": len(rewards),
+                }
+            )
     write_rows(args.out / "scenes.csv", rows)
 
     print(f"Episode {episode}'s policy, {args.eval_episodes} episodes per scene:")
@@ -140,11 +165,12 @@ def main() -> int:
         cells = [f"{r['successes']}/{r['episodes']}" for r in rows if r["scene"] == scene]
         print(f"| {scene} | {cells[0]} | {cells[1]} |")
     totals = []
-    for name, outcomes in played.items():
+    for outcomes in played.values():
         successes = sum(reward for _, reward in outcomes)
         low, high = wilson_interval(successes, len(outcomes))
-        totals.append(f"{successes}/{len(outcomes)} ({100 * successes / len(outcomes):.0f}%, "
-                      f"{100 * low:.0f}-{100 * high:.0f}%)")
+        totals.append(
+            f"{successes}/{len(outcomes)} ({100 * successes / len(outcomes):.0f}%, {100 * low:.0f}-{100 * high:.0f}%)"
+        )
     print(f"| all | {totals[0]} | {totals[1]} |")
     return 0
 

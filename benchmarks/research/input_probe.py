@@ -13,31 +13,29 @@ the area under the ROC curve (AUC; 0.5 is chance), best and mean of the last 3 e
   lecture: the lecture's convolutions (8/4, 4/2, 3/1), one hidden layer;
   spatial: 3x3 convolutions that keep a 10x10 map (12x12 from 48x48 and 96x96), one hidden layer.
 """
+
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
-
-from common import DQN, to_float  # noqa: E402
-from grasping.checkpoints import atomic_write  # noqa: E402
-from grasping.cli import OneLineArgumentParser, positive_int  # noqa: E402
-from grasping.evaluation import random_policy  # noqa: E402
-from grasping.rollouts import Rollouts  # noqa: E402
-from grasping.workers import EnvPool  # noqa: E402
-from probe import fit_outcome, probe_network  # noqa: E402
+from benchmarks.learning import ROOT
+from benchmarks.research.probe import fit_outcome, probe_network
+from common import DQN, Observation, to_float
+from grasping.checkpoints import atomic_write
+from grasping.cli import OneLineArgumentParser, positive_int
+from grasping.evaluation import random_policy
+from grasping.process_pool import ProcessEnvPool
+from grasping.rollouts import Rollouts
 
 SIZES = (48, 96)
 """Camera sizes kept beside the 40x40 frame: the environment's own, and twice that."""
@@ -54,13 +52,15 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
     and the episode's outcome, in episode order."""
     columns: dict[str, list] = {"gray40": [], "rgb48": [], "rgb96": [], "timestep": [], "episode": []}
     outcome_of: dict[int, float] = {}
-    with EnvPool(num_envs, seed, is_test=False) as pool:
-        rollouts = Rollouts(pool, episodes)
+    with ProcessEnvPool(num_envs, seed, is_test=False) as pool:
+        rollouts = Rollouts(pool, Observation(), episodes)
         policy = random_policy(pool.n_actions, seed, num_envs)
         while not rollouts.finished:
             for step in rollouts.steps():
                 if step.done:
                     outcome_of[step.episode] = float(step.reward)
+                    continue
+                if step.frame is None:  # a lost worker (none is lost on this machine)
                     continue
                 columns["gray40"].append(step.frame[None])
                 for size in SIZES:
@@ -73,8 +73,9 @@ def collect(episodes: int, seed: int, num_envs: int = 2) -> dict[str, np.ndarray
     return data
 
 
-def saved_episodes(out: Path, episodes: int, seed: int,
-                   collect: Callable[[int, int], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def saved_episodes(
+    out: Path, episodes: int, seed: int, collect: Callable[[int, int], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
     """`out`/episodes.npz if it holds `episodes` episodes of `seed`; otherwise `collect` them and save them there."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "episodes.npz"
@@ -87,7 +88,7 @@ def saved_episodes(out: Path, episodes: int, seed: int,
     data = collect(episodes, seed)
     data["settings"] = np.array([episodes, seed])
     with atomic_write(path) as file:
-        np.savez(file, **data)
+        np.savez(file, **data)  # type: ignore[arg-type]  # numpy's stub types the keywords as allow_pickle
     print(f"{episodes} episodes collected in {time.time() - start:.0f} s, saved in {path}")
     return data
 
@@ -104,10 +105,16 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def spatial_net(channels: int, size: int) -> nn.Module:
     convolutions = nn.Sequential(
-        nn.Conv2d(channels, 32, 3, 2 if size > 64 else 1, 1), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.Flatten())
+        nn.Conv2d(channels, 32, 3, 2 if size > 64 else 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, 1, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
     with torch.no_grad():
         features = convolutions(torch.zeros(1, channels, size, size)).shape[1]
     return nn.Sequential(convolutions, nn.Linear(features, 256), nn.ReLU(), nn.Linear(256, 1))
@@ -116,12 +123,21 @@ def spatial_net(channels: int, size: int) -> nn.Module:
 def main() -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--episodes", type=positive_int, default=1200, help="random-policy episodes to learn from")
-    parser.add_argument("--min-timestep", type=int, nargs="+", default=[4, 6],
-                        help="probe on the states at or after each of these timesteps")
+    parser.add_argument(
+        "--min-timestep",
+        type=int,
+        nargs="+",
+        default=[4, 6],
+        help="probe on the states at or after each of these timesteps",
+    )
     parser.add_argument("--epochs", type=positive_int, default=15, help="epochs of each probe")
     parser.add_argument("--seed", type=int, default=0, help="seed of the episodes and of the probes")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "input-probe",
-                        help="folder for the episodes (episodes.npz) and the scores (input_probe.csv)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "input-probe",
+        help="folder for the episodes (episodes.npz) and the scores (input_probe.csv)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
 
@@ -135,24 +151,48 @@ def main() -> int:
     for min_timestep in args.min_timestep:
         late = data["timestep"] >= min_timestep
         train, test = np.flatnonzero(late & ~held_out), np.flatnonzero(late & held_out)
-        print(f"\nstates at t >= {min_timestep}: {len(train)} to learn from, {len(test)} held out\n"
-              f"| input | network | best AUC | last 3 epochs | seconds |\n| --- | --- | --: | --: | --: |")
+        print(
+            f"\nstates at t >= {min_timestep}: {len(train)} to learn from, {len(test)} held out\n"
+            f"| input | network | best AUC | last 3 epochs | seconds |\n| --- | --- | --: | --: | --: |"
+        )
         for name in ("gray40", "rgb48", "rgb96"):
             images = to_float(torch.from_numpy(data[name]))
             channels, size = images.shape[1], images.shape[-1]
-            for kind, make in (("lecture", lambda: probe_network(DQN, size, channels, 1)),
-                               ("spatial", lambda: spatial_net(channels, size))):
+            makers: tuple[tuple[str, Callable[[], nn.Module]], ...] = (
+                ("lecture", functools.partial(probe_network, DQN, size, channels, 1)),
+                ("spatial", functools.partial(spatial_net, channels, size)),
+            )
+            for kind, make in makers:
                 torch.manual_seed(args.seed)
                 start = time.time()
-                scores = fit_outcome(make(), images, outcome, train, test, args.epochs,
-                                     np.random.default_rng(args.seed), lr=3e-4, weight_decay=1e-4, batch_size=64,
-                                     pad=max(2, size // 12))
-                row = dict(min_timestep=min_timestep, input=name, network=kind, train=len(train), test=len(test),
-                           best_auc=round(max(scores), 3), last3_auc=round(float(np.mean(scores[-3:])), 3),
-                           seconds=round(time.time() - start))
+                scores = fit_outcome(
+                    make(),
+                    images,
+                    outcome,
+                    train,
+                    test,
+                    args.epochs,
+                    np.random.default_rng(args.seed),
+                    lr=3e-4,
+                    weight_decay=1e-4,
+                    batch_size=64,
+                    pad=max(2, size // 12),
+                )
+                row = dict(
+                    min_timestep=min_timestep,
+                    input=name,
+                    network=kind,
+                    train=len(train),
+                    test=len(test),
+                    best_auc=round(max(scores), 3),
+                    last3_auc=round(float(np.mean(scores[-3:])), 3),
+                    seconds=round(time.time() - start),
+                )
                 rows.append(row)
-                print(f"| {name} | {kind} | {row['best_auc']:.3f} | {row['last3_auc']:.3f} | {row['seconds']} |",
-                      flush=True)
+                print(
+                    f"| {name} | {kind} | {row['best_auc']:.3f} | {row['last3_auc']:.3f} | {row['seconds']} |",
+                    flush=True,
+                )
     write_rows(args.out / "input_probe.csv", rows)
     return 0
 

@@ -14,6 +14,7 @@ areas under the ROC curve (AUC): the chance that a success scores above a failur
    shifts and weight decay, and is scored on the newest 20%; with a quarter, half and all of the
    training states, to show how the score grows with data.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
-from common import DQN, Batch, Observation, ReplayMemory, random_shift, to_float  # noqa: E402
-from grasping.checkpoints import checkpoint_config, load_checkpoint, load_state, observation_of  # noqa: E402
-from grasping.cli import OneLineArgumentParser  # noqa: E402
+from common import DQN, Batch, Observation, ReplayMemory, random_shift, to_float
+from grasping.checkpoints import checkpoint_config, load_checkpoint, load_state, observation_of
+from grasping.cli import OneLineArgumentParser
 
 
 def roc_auc(scores: np.ndarray, outcomes: np.ndarray) -> float:
@@ -66,7 +67,7 @@ def with_outcomes(batch: Batch) -> Batch:
     ends = np.flatnonzero(batch.done.numpy())
     finished = int(ends[-1]) + 1 if len(ends) else 0
     outcome = batch.reward.numpy()[ends[np.searchsorted(ends, np.arange(finished))]]
-    return Batch(*(field[:finished] for field in batch))._replace(reward=torch.from_numpy(outcome))
+    return Batch(*(field[:finished] for field in batch if field is not None))._replace(reward=torch.from_numpy(outcome))
 
 
 def newest_episodes(batch: Batch, episodes: int) -> np.ndarray:
@@ -80,8 +81,9 @@ def newest_episodes(batch: Batch, episodes: int) -> np.ndarray:
 
 def probe_checkpoint(net: DQN, batches: list[Batch], unseen: list[np.ndarray]) -> None:
     with torch.no_grad():
-        scores = np.concatenate([net(to_float(b.state), b.timestep).gather(1, b.action[:, None])[:, 0].numpy()
-                                 for b in batches])
+        scores = np.concatenate(
+            [net(to_float(b.state), b.timestep).gather(1, b.action[:, None])[:, 0].numpy() for b in batches]
+        )
     outcomes = np.concatenate([b.reward.numpy() for b in batches])
     late = np.concatenate([b.timestep.numpy() >= 4 for b in batches])
     new = np.concatenate(unseen)
@@ -90,9 +92,19 @@ def probe_checkpoint(net: DQN, batches: list[Batch], unseen: list[np.ndarray]) -
         print(f"Q(s, a) of the checkpoint on {mask.sum()} transitions {label}: AUC {auc:.3f} (t >= 4: {late_auc:.3f})")
 
 
-def fit_outcome(net: DQN, images: torch.Tensor, outcomes: torch.Tensor, train: np.ndarray, test: np.ndarray,
-                epochs: int, rng: np.random.Generator, lr: float, weight_decay: float, batch_size: int,
-                pad: int) -> list[float]:
+def fit_outcome(
+    net: nn.Module,
+    images: torch.Tensor,
+    outcomes: torch.Tensor,
+    train: np.ndarray,
+    test: np.ndarray,
+    epochs: int,
+    rng: np.random.Generator,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    pad: int,
+) -> list[float]:
     """Held-out AUC after each epoch of training `net`'s one output as the outcome's logit, with random shifts."""
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     scores = []
@@ -100,14 +112,14 @@ def fit_outcome(net: DQN, images: torch.Tensor, outcomes: torch.Tensor, train: n
         net.train()
         order = rng.permutation(train)
         for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             loss = F.binary_cross_entropy_with_logits(net(random_shift(images[index], pad))[:, 0], outcomes[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         net.eval()
         with torch.no_grad():
-            logits = torch.cat([net(images[test[i:i + 256]])[:, 0] for i in range(0, len(test), 256)])
+            logits = torch.cat([net(images[test[i : i + 256]])[:, 0] for i in range(0, len(test), 256)])
         scores.append(roc_auc(logits.numpy(), outcomes[test].numpy()))
     return scores
 
@@ -123,17 +135,31 @@ def supervised_probe(batches: list[Batch], observation: Observation, epochs: int
     for fraction in (0.25, 0.5, 1.0):
         torch.manual_seed(seed)
         train = train_all[: int(len(train_all) * fraction)]
-        scores = fit_outcome(DQN.for_observation(observation, 1), states, outcomes, train, test, epochs, rng,
-                             lr=1e-4, weight_decay=1e-3, batch_size=32, pad=4)
-        print(f"supervised probe, late states: trained on {len(train)}, held out {len(test)}, "
-              f"best held-out AUC over {epochs} epochs {max(scores):.3f}")
+        scores = fit_outcome(
+            DQN.for_observation(observation, 1),
+            states,
+            outcomes,
+            train,
+            test,
+            epochs,
+            rng,
+            lr=1e-4,
+            weight_decay=1e-3,
+            batch_size=32,
+            pad=4,
+        )
+        print(
+            f"supervised probe, late states: trained on {len(train)}, held out {len(test)}, "
+            f"best held-out AUC over {epochs} epochs {max(scores):.3f}"
+        )
 
 
 def main() -> int:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("state", type=Path, help="a run's resumable state (NAME.resume.pt), replay memory included")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="a best model saved earlier in the same run, for probe 1")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="a best model saved earlier in the same run, for probe 1"
+    )
     parser.add_argument("--epochs", type=int, default=12, help="epochs of the supervised probe")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -147,18 +173,24 @@ def main() -> int:
     memory = ReplayMemory((slots - 5) * num_streams, num_streams=num_streams, frame_shape=observation.frame_shape)
     memory.load_state_dict(saved)
     finished = [with_outcomes(stream_transitions(memory, stream)) for stream in range(num_streams)]
-    print(f"{args.state}: episode {state['episode']}, {sum(len(b.reward) for b in finished)} transitions "
-          f"in {num_streams} streams, success rate {torch.cat([b.reward for b in finished]).mean():.3f}")
+    print(
+        f"{args.state}: episode {state['episode']}, {sum(len(b.reward) for b in finished)} transitions "
+        f"in {num_streams} streams, success rate {torch.cat([b.reward for b in finished]).mean():.3f}"
+    )
 
     if args.checkpoint is not None:
         checkpoint = load_checkpoint(args.checkpoint, cpu, ("policy_net_state_dict", "episode"))
-        net = DQN.from_config(checkpoint_config(checkpoint, args.checkpoint),
-                              int(checkpoint["policy_net_state_dict"]["head.bias"].shape[0]))
+        net = DQN.from_config(
+            checkpoint_config(checkpoint, args.checkpoint),
+            int(checkpoint["policy_net_state_dict"]["head.bias"].shape[0]),
+        )
         load_state(net, checkpoint, "policy_net_state_dict", args.checkpoint)
         net.eval()
         after = max(0, state["episode"] - checkpoint["episode"]) // num_streams
-        print(f"{args.checkpoint}: saved at episode {checkpoint['episode']}; "
-              f"never seen: each stream's last {after} episodes")
+        print(
+            f"{args.checkpoint}: saved at episode {checkpoint['episode']}; "
+            f"never seen: each stream's last {after} episodes"
+        )
         probe_checkpoint(net, finished, [newest_episodes(b, after) for b in finished])
     supervised_probe(finished, observation, args.epochs, args.seed)
     return 0

@@ -1,6 +1,6 @@
 """How far above the random policy could a policy get? Play every scene many times with random moves.
 
-    python benchmarks/research/scene_ceiling.py                              # 100 test scenes, 10 tries each: ~14 min on 2 cores
+    python benchmarks/research/scene_ceiling.py    # 100 test scenes, 10 tries each: ~14 min on 2 cores
     python benchmarks/research/scene_ceiling.py --objects train --scenes 20
 
 Each try resets the environment to the same scene (fixed_scenes.reset_to_scene: scene s is what the
@@ -12,29 +12,27 @@ under the best success rate any policy can reach on these scenes, and the share 
 lifted one is the random policy's rate, the line to beat. The gap between the two is the room a
 learned policy has. Writes OUT/scenes.csv, one row per scene: successes, tries, and the replay's reward.
 """
+
 from __future__ import annotations
 
 import functools
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "benchmarks" / "research"))
-
-from grasping.cli import OneLineArgumentParser, positive_int, report_errors, seed_int  # noqa: E402
-from grasping.environment import make_env  # noqa: E402
-from grasping.stats import success_rate  # noqa: E402
-from fixed_scenes import reset_to_scene  # noqa: E402
-from input_probe import write_rows  # noqa: E402
+from benchmarks.learning import ROOT
+from benchmarks.research.fixed_scenes import reset_to_scene
+from benchmarks.research.input_probe import write_rows
+from grasping.cli import OneLineArgumentParser, positive_int, report_errors, seed_int
+from grasping.environment import make_env
+from grasping.stats import success_rate
 
 
 @functools.cache
@@ -60,12 +58,16 @@ def try_scene(scene: int, tries: int, seed: int, is_test: bool) -> dict[str, Any
     rng = np.random.default_rng([seed, scene])  # the same tries whichever worker plays the scene
     outcomes = [play(env, scene, lambda: int(rng.integers(env.action_space.n))) for _ in range(tries)]
     successes = [actions for actions, reward in outcomes if reward > 0]
-    replayed: Optional[float] = None
+    replayed: float | None = None
     if successes:
         moves = iter(successes[0])
         replayed = play(env, scene, lambda: next(moves))[1]
-    return {"scene": scene, "successes": len(successes), "tries": tries,
-            "replay_reward": "" if replayed is None else int(replayed)}
+    return {
+        "scene": scene,
+        "successes": len(successes),
+        "tries": tries,
+        "replay_reward": "" if replayed is None else int(replayed),
+    }
 
 
 def ignore_ctrl_c() -> None:
@@ -80,8 +82,9 @@ def main() -> int:
     parser.add_argument("--objects", choices=("test", "train"), default="test", help="which object set")
     parser.add_argument("--num-workers", type=positive_int, default=2, help="processes, each with one environment")
     parser.add_argument("--seed", type=seed_int, default=1, help="seed of the random actions")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scene-ceiling",
-                        help="folder for scenes.csv")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "scene-ceiling", help="folder for scenes.csv"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 

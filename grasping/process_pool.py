@@ -1,44 +1,44 @@
-"""Environments in worker processes: `EnvPool`. Imports no torch, and keeps the parent's main script from being
-imported again in each worker, so that a worker holds pybullet and its environment only."""
+"""Environments in worker processes on this machine: `ProcessEnvPool`, the local backend of `grasping.pool.EnvPool`.
+
+Imports no torch, and keeps the parent's main script from being imported again in each worker, so that a worker
+holds pybullet and its environment only. The workers send camera images as the environment gives them; the
+learner's process preprocesses them.
+"""
+
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
 from grasping.cli import STOP_SIGNALS, WorkerError
-from grasping.environment import Observation, make_env, render_scene, seed_environment
+from grasping.environment import CAMERA_SIZE, make_env, render_scene, seed_environment, worker_seed
 
 
-def worker_seed(seed: int, index: int) -> int:
-    """The seed of environment worker `index` in a run seeded with `seed`: distinct per worker, fixed per pair."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
-
-def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int, observation: Observation) -> None:
+def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int, camera_size: int) -> None:
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
-    Replies ("frame", frame, reward, done) with the frame preprocessed for `observation`, so that
-    the pipe carries 1,600 bytes a step with the lecture's; ("call", function, args) is answered with
-    ("result", function(env, *args)).
+    Replies ("observation", obs, reward, done) with the camera image (H, W, 3) uint8, 6,912 bytes at 48x48;
+    ("call", function, args) is answered with ("result", function(env, *args)).
     """
     env = None
     try:
         seed_environment(seed)
-        env = make_env(is_test, max_steps, camera_size=observation.camera_size)
+        env = make_env(is_test, max_steps, camera_size=camera_size)
         connection.send(("ready", env.action_space.n))
         while True:
             command = connection.recv()
             if command[0] == "reset":
-                connection.send(("frame", observation.preprocess(env.reset()), 0, False))
+                connection.send(("observation", env.reset(), 0, False))
             elif command[0] == "step":
                 obs, reward, done, _ = env.step(command[1])
-                connection.send(("frame", observation.preprocess(obs), reward, bool(done)))
+                connection.send(("observation", obs, reward, bool(done)))  # the reward as the env gives it
             elif command[0] == "call":
                 connection.send(("result", command[1](env, *command[2])))
             else:
@@ -63,7 +63,7 @@ def _main_script_hidden() -> Iterator[None]:
     sent to a worker must therefore come from an importable module, not from the script being run.
     """
     main = sys.modules["__main__"]
-    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    saved: dict[str, Any] = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
     main.__dict__.pop("__file__", None)
     main.__spec__ = None
     try:
@@ -72,39 +72,17 @@ def _main_script_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
-def open_environments(backend: str, num_envs: int, seed: int, is_test: bool, max_steps: int,
-                      observation: Observation, ray_address: Optional[str] = None, renders: bool = False
-                      ) -> tuple[Any, int, bool]:
-    """(environments, number of actions, in this process): the lecture's one environment in this process when
-    `num_envs` is 1 on the local backend (the caller has seeded it), otherwise `open_pool`'s workers."""
-    if num_envs == 1 and backend == "local":
-        env = make_env(is_test, max_steps, renders=renders, camera_size=observation.camera_size)
-        return env, env.action_space.n, True
-    pool = open_pool(backend, num_envs, seed, is_test, max_steps, observation, ray_address)
-    return pool, pool.n_actions, False
-
-
-def open_pool(backend: str, num_envs: int, seed: int, is_test: bool, max_steps: int = 20,
-              observation: Optional[Observation] = None, ray_address: Optional[str] = None) -> Any:
-    """The environment workers `--backend` names: this machine's processes ("local", `EnvPool`) or Ray actors
-    ("ray", grasping.ray_workers.RayEnvPool, imported only then), with the same interface."""
-    if backend == "ray":
-        from grasping.ray_workers import RayEnvPool  # the optional extra
-        return RayEnvPool(num_envs, seed, is_test, max_steps, observation, address=ray_address)
-    return EnvPool(num_envs, seed, is_test, max_steps, observation)
-
-
-class EnvPool:
+class ProcessEnvPool:
     """`num_envs` environments, one per process, each stepping as soon as it is given its action.
 
     Unlike gym's lockstep AsyncVectorEnv, a worker that is resetting (about 0.8 s of physics)
     holds up no other. Send requests with `reset` and `step`, collect replies with `results`.
     """
 
-    def __init__(self, num_envs: int, seed: int, is_test: bool, max_steps: int = 20,
-                 observation: Optional[Observation] = None) -> None:
-        """`observation` is what the workers' frames are preprocessed for; None: the lecture's."""
-        observation = observation or Observation()
+    def __init__(
+        self, num_envs: int, seed: int, is_test: bool, max_steps: int = 20, camera_size: int = CAMERA_SIZE
+    ) -> None:
+        """`camera_size`: the side of the camera images the workers render (`Observation.camera_size`)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads or CUDA
         self.connections: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -112,8 +90,11 @@ class EnvPool:
             for index in range(num_envs):
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
-                    target=_env_worker, args=(child_end, worker_seed(seed, index), is_test, max_steps, observation),
-                    name=f"env-worker-{index}", daemon=True)
+                    target=_env_worker,
+                    args=(child_end, worker_seed(seed, index), is_test, max_steps, camera_size),
+                    name=f"env-worker-{index}",
+                    daemon=True,
+                )
                 # Ctrl-C reaches every process of the terminal, and a batch scheduler's SIGTERM every
                 # process of the job; a worker born with both ignored leaves them to the main process,
                 # which stops the workers itself.
@@ -139,7 +120,7 @@ class EnvPool:
 
     def pids(self) -> list[int]:
         """The workers' process ids."""
-        return [process.pid for process in self.processes]
+        return [process.pid for process in self.processes if process.pid is not None]
 
     def reset(self, index: int) -> None:
         """Ask worker `index` to start a new episode; its reply carries the first frame."""
@@ -163,14 +144,14 @@ class EnvPool:
         """Whether some worker has a reply waiting (or has died), without blocking."""
         return bool(wait(self.connections, timeout=0))
 
-    def results(self) -> list[tuple[int, np.ndarray, float, bool]]:
-        """Block until a worker replies; return every waiting reply as (index, frame, reward, done)."""
+    def results(self) -> list[tuple[int, np.ndarray | None, float, bool]]:
+        """Block until a worker replies; return every waiting reply as (index, observation, reward, done)."""
         ready = wait(self.connections + [p.sentinel for p in self.processes])
-        replies = []
+        replies: list[tuple[int, np.ndarray | None, float, bool]] = []
         for index, connection in enumerate(self.connections):
             if connection in ready or self.processes[index].sentinel in ready:
-                _, frame, reward, done = self._receive(index)
-                replies.append((index, frame, reward, done))
+                _, obs, reward, done = self._receive(index)
+                replies.append((index, obs, reward, done))
         return replies
 
     def close(self) -> None:
@@ -187,7 +168,7 @@ class EnvPool:
             connection.close()
         self.connections, self.processes = [], []
 
-    def __enter__(self) -> "EnvPool":
+    def __enter__(self) -> ProcessEnvPool:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -1,0 +1,1 @@
+"""The probes that answered their question; the product never imports them."""

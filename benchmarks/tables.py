@@ -1,0 +1,327 @@
+"""The results tables of the README and the docs, drawn from the measurements in benchmarks/results/, and the
+flags tables, drawn from the scripts' own flags.
+
+    python benchmarks/tables.py            # rewrite every generated table in README.md and docs/*.md
+    python benchmarks/tables.py --check    # exit 1, naming the files, if a table is not what the data say
+
+A generated table sits between `<!-- table: NAME -->` and `<!-- end table -->`; everything outside those
+marks is prose and stays as written. The learning tables come from each configuration's learning.csv and
+config.json (its training flags, evaluation settings and machine), the throughput tables from throughput.csv.
+A figure lives in its CSV file only: to change one, measure again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from grasping.cli import OneLineArgumentParser
+from grasping.flags import eval_parser, training_parser
+from grasping.stats import wilson_interval
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+MARKS = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.DOTALL)
+
+
+@dataclass
+class Configuration:
+    """One configuration of benchmarks/learning.py: its folder's config.json and learning.csv."""
+
+    name: str
+    train_flags: list[str]
+    settings: dict
+    rows: list[dict]
+
+    @staticmethod
+    def load(name: str, results: Path = RESULTS) -> Configuration:
+        folder = results / name
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        with open(folder / "learning.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return Configuration(name, config.get("train_flags", []), config, rows)
+
+    def evaluations(self, policy: str = "greedy", objects: str = "test") -> list[dict]:
+        """The rows of one policy on one object set, in episode order."""
+        rows = [row for row in self.rows if row["policy"] == policy and row["objects"] == objects]
+        return sorted(rows, key=lambda row: int(row["episode"]))
+
+    def random(self, objects: str = "test") -> dict:
+        """The random policy's row on the configuration's scenes."""
+        return self.evaluations("random", objects)[0]
+
+    @property
+    def flags(self) -> str:
+        """The training flags, less the worker count (a column of its own)."""
+        flags, skip = [], False
+        for flag in self.train_flags:
+            if skip:
+                skip = False
+            elif flag == "--num-envs":
+                skip = True
+            else:
+                flags.append(flag)
+        return " ".join(flags)
+
+    @property
+    def selects_pose_agent(self) -> bool:
+        flags = " ".join(self.train_flags)
+        return any(text in flags for text in ("--agent pose", "--preset pose", "--preset fast ")) or flags.endswith(
+            "--preset fast"
+        )
+
+    @property
+    def workers(self) -> str:
+        flags = self.train_flags
+        return flags[flags.index("--num-envs") + 1] if "--num-envs" in flags else "1"
+
+    @property
+    def command(self) -> str:
+        """The call of benchmarks/learning.py that reproduces the configuration."""
+        settings = self.settings
+        own = [
+            f"--episodes {settings['episodes']}",
+            f"--eval-every {settings['eval_every']}",
+            f"--eval-episodes {settings['eval_episodes']}",
+            f"--eval-envs {settings['eval_envs']}",
+        ]
+        if settings.get("objects", "both") != "both":
+            own.append(f"--objects {settings['objects']}")
+        return f"python benchmarks/learning.py {self.name} {' '.join(own)} -- {' '.join(self.train_flags)}"
+
+
+def successes(row: dict) -> str:
+    """`successes/episodes = rate% (low-high%)`, from a CSV row."""
+    won, played = int(row["successes"]), int(row["episodes"])
+    low, high = wilson_interval(won, played)
+    return f"{won}/{played} = {100 * won / played:.1f}% ({100 * low:.1f}-{100 * high:.1f}%)"
+
+
+def minutes(row: dict) -> str:
+    return f"{float(row['train_seconds']) / 60:.1f} min"
+
+
+def markdown(header: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A Markdown table; `align` gives each column's alignment, "l" or "r" (default: the first left, the rest
+    right)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if side == "l" else "--:" for side in align]
+    lines = [header, rule, *rows]
+    return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+def pose_agent_table(results: Path) -> str:
+    """The pose agent's evaluations beside the random policy and the scripted reference on the same 200 scenes."""
+    refit, online = Configuration.load("pose-refit", results), Configuration.load("pose-online", results)
+    scripted = Configuration.load("scripted-reference", results).evaluations("scripted")[0]
+    rows = [
+        ["random policy", "-", successes(refit.random()), "-"],
+        ["scripted reference: the simulator's positions, nearest object, angle ignored", "-", successes(scripted), "-"],
+    ]
+    for configuration, label in (
+        (refit, "`pose-refit`: `--preset pose`"),
+        (online, "`pose-online`: online, `--updates-per-step 0.25`"),
+    ):
+        for row in configuration.evaluations():
+            rows.append([label, f"{int(row['episode']):,}", successes(row), minutes(row)])
+    return markdown(["policy", "episodes", "test-object successes (95% CI)", "training time"], rows)
+
+
+SUMMARY = (
+    ("pose-refit", "the pose agent, `--preset pose`"),
+    ("dqn-pose", "the same DQN given the pose agent's inputs, `--preset double-nstep-dqn --pose-input`"),
+    ("fast-a", "the lecture's DQN with Double DQN, 3-step returns and random shifts, `--preset double-nstep-dqn`"),
+    ("lecture", "the lecture's DQN, its defaults"),
+)
+
+
+def summary_table(results: Path) -> str:
+    """One row per approach: its last evaluation on test objects, the random policy on the same scenes."""
+    rows = []
+    for name, label in SUMMARY:
+        configuration = Configuration.load(name, results)
+        last = configuration.evaluations()[-1]
+        rows.append(
+            [
+                f"{label} (`{name}`)",
+                f"{int(last['episode']):,}",
+                successes(last),
+                successes(configuration.random()),
+                minutes(last),
+            ]
+        )
+    return markdown(
+        [
+            "agent (benchmark configuration)",
+            "episodes",
+            "greedy, unseen objects (95% CI)",
+            "random policy, same scenes",
+            "training time",
+        ],
+        rows,
+    )
+
+
+def status_lines(results: Path) -> str:
+    """The README's first lines: the pose agent's and the lecture's DQN's last evaluations beside the random
+    policy's."""
+    pose, lecture = Configuration.load("pose-refit", results), Configuration.load("lecture", results)
+    pose_last, lecture_last = pose.evaluations()[-1], lecture.evaluations()[-1]
+    return (
+        f"- The pose agent (`--preset pose`) lifts an object in {successes(pose_last)} of unseen scenes after "
+        f"{int(pose_last['episode']):,} training episodes ({minutes(pose_last)} of training; "
+        f"{pose.settings['machine']}), "
+        f"where the random policy lifts one in {successes(pose.random())}.\n"
+        f"- The lecture's DQN does not beat the random policy at this budget: {successes(lecture_last)} after "
+        f"{int(lecture_last['episode']):,} episodes, against {successes(lecture.random())}; no variant of it "
+        "measured here did better (see [the DQN's results](docs/dqn.md#measured)).\n"
+    )
+
+
+def commands(results: Path) -> str:
+    """The command that reproduces each configuration of the summary table, into a folder of its own."""
+    lines = [f"{Configuration.load(name, results).command}" for name, _ in SUMMARY]
+    return "```bash\n" + "\n".join(lines).replace(" -- ", " \\\n    -- ") + "\n```\n"
+
+
+def dqn_table(results: Path) -> str:
+    """Every DQN configuration: greedy successes on test objects at each evaluation, the best with its interval."""
+    names = sorted(path.parent.name for path in results.glob("*/config.json"))
+    configurations = [Configuration.load(name, results) for name in names]
+    rows = []
+    for configuration in configurations:
+        if configuration.selects_pose_agent or not configuration.evaluations():
+            continue
+        evaluations = configuration.evaluations()
+        best = max(evaluations, key=lambda row: int(row["successes"]))
+        low, high = wilson_interval(int(best["successes"]), int(best["episodes"]))
+        flags = f"`{configuration.flags}`" if configuration.flags else "(the lecture's defaults)"
+        rows.append(
+            [
+                f"`{configuration.name}`",
+                flags,
+                configuration.workers,
+                f"{configuration.settings['eval_every']:,}",
+                ", ".join(row["successes"] for row in evaluations) + f" of {evaluations[0]['episodes']}",
+                f"{100 * float(best['rate']):.0f}% ({100 * low:.0f}-{100 * high:.0f}%)",
+                configuration.random()["successes"],
+                minutes(evaluations[-1]),
+                configuration.settings["machine"],
+            ]
+        )
+    return markdown(
+        [
+            "NAME",
+            "FLAGS",
+            "W",
+            "every",
+            "greedy successes on test objects at each evaluation",
+            "best (95% CI)",
+            "random",
+            "training time",
+            "machine",
+        ],
+        rows,
+        align="llrrrrrrl",
+    )
+
+
+def throughput_table(results: Path, name: str) -> str:
+    """A throughput.csv of benchmarks/throughput.py: (a) raw collection, (b) training, (c) the lecture's loop."""
+    with open(results / name / "throughput.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["backend"] == "local"]
+    lecture = float(rows[0]["train_episodes_per_second"])
+    lines = [
+        [
+            row["num_envs"],
+            row["raw_episodes_per_second"],
+            row["raw_steps_per_second"],
+            row["train_episodes_per_second"],
+            row["train_steps_per_second"],
+            row["gradient_steps_per_second"],
+            f"{float(row['train_episodes_per_second']) / float(row['raw_episodes_per_second']):.2f}",
+            f"{float(row['train_episodes_per_second']) / lecture:.2f}",
+        ]
+        for row in rows
+    ]
+    table = markdown(
+        [
+            "N",
+            "(a) raw episodes/s",
+            "(a) env steps/s",
+            "(b) train episodes/s",
+            "(b) env steps/s",
+            "(b) gradient steps/s",
+            "(b)/(a)",
+            "(b)/(c)",
+        ],
+        lines,
+    )
+    return table + f"\n{rows[0]['episodes_per_env']} x N episodes per measurement on {rows[0]['machine']}.\n"
+
+
+def flags_table(parser: argparse.ArgumentParser) -> str:
+    """A script's flags as `--help` gives them: each with its default and help line."""
+    rows = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        names = " / ".join(f"`{name}`" for name in action.option_strings)
+        default = "off" if action.default is False else "" if action.default is None else f"`{action.default}`"
+        text = (action.help or "").replace("%%", "%").replace("|", "/")
+        if action.choices is not None:
+            text = f"one of {', '.join(f'`{choice}`' for choice in action.choices)}: {text}"
+        rows.append([names, default, text])
+    return markdown(["flag", "default", "meaning"], rows, align="lll")
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "status": status_lines,
+    "summary": summary_table,
+    "summary-commands": commands,
+    "pose-agent": pose_agent_table,
+    "dqn": dqn_table,
+    "throughput-dev": lambda results: throughput_table(results, "throughput-dev"),
+    "throughput-h100": lambda results: throughput_table(results, "throughput-h100"),
+    "training-flags": lambda results: flags_table(training_parser()),
+    "eval-flags": lambda results: flags_table(eval_parser()),
+}
+"""The tables a document can hold, by the name its marks give."""
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    """`text` with every marked table drawn again from `results`; an unknown name raises KeyError."""
+    return MARKS.sub(lambda match: match[1] + TABLES[match["name"]](results) + match[4], text)
+
+
+def main() -> int:
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table is out of date")
+    args: argparse.Namespace = parser.parse_args()
+    stale = []
+    for document in DOCUMENTS:
+        text = document.read_text()
+        try:
+            drawn = render(text)
+        except KeyError as error:
+            parser.error(f"{document.relative_to(ROOT)}: no table named {error}")
+        if drawn != text:
+            stale.append(str(document.relative_to(ROOT)))
+            if not args.check:
+                document.write_text(drawn)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}; run python benchmarks/tables.py", file=sys.stderr)
+        return 1
+    print(f"{'Out of date' if args.check else 'Redrawn'}: {', '.join(stale) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
