@@ -136,9 +136,9 @@ def pose_agent_table(results: Path) -> str:
 
 SUMMARY = (
     ("pose-refit", "the pose agent, `--preset pose`"),
-    ("dqn-pose", "the same DQN given the pose agent's inputs, `--preset double-nstep-dqn --pose-input`"),
-    ("fast-a", "the lecture's DQN with Double DQN, 3-step returns and random shifts, `--preset double-nstep-dqn`"),
     ("lecture", "the lecture's DQN, its defaults"),
+    ("fast-a", "the lecture's DQN with Double DQN, 3-step returns and random shifts, `--preset double-nstep-dqn`"),
+    ("dqn-pose", "that DQN given the pose agent's inputs, `--preset double-nstep-dqn --pose-input`"),
 )
 
 

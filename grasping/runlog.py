@@ -3,6 +3,10 @@
 `RunLog` counts the episodes, writes TensorBoard (the lecture's scalars, the hyperparameters, an
 example screen and image strips of greedy episodes), drives the progress bar, saves the best model
 and checks the solve condition, as in the lecture. The learner knows nothing of it.
+
+Every TensorBoard write holds stop signals back until it is done: tensorboardX hands events to a thread
+through a queue, and a put interrupted half-way would leave the queue's count wrong and `close` waiting
+for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tqdm import tqdm
 
 from common import Observation
 from grasping.checkpoints import save_checkpoint
+from grasping.cli import stop_signals_deferred
 from grasping.environment import worker_seed
 from grasping.process_pool import ProcessEnvPool
 from grasping.recording import record_greedy_episode
@@ -78,10 +83,11 @@ class RunLog:
         self.q_values: list[torch.Tensor] = []
 
         self.writer = SummaryWriter(str(args.logdir))
-        self.writer.add_text(
-            "hyperparameters",
-            "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
-        )
+        with stop_signals_deferred():
+            self.writer.add_text(
+                "hyperparameters",
+                "|param|value|\n|-|-|\n" + "\n".join(f"|{key}|{value}|" for key, value in vars(args).items()),
+            )
         self.progress = tqdm(total=args.episodes, initial=self.completed, unit="ep", disable=None, dynamic_ncols=True)
         self.start_time = timeit.default_timer()
 
@@ -111,18 +117,24 @@ class RunLog:
             f"Environment worker {index} was lost and replaced: its unfinished episode is dropped "
             f"({self.lost_episodes} so far)"
         )
-        self.writer.add_scalar("lost_episodes", self.lost_episodes, self.completed)
+        with stop_signals_deferred():
+            self.writer.add_scalar("lost_episodes", self.lost_episodes, self.completed)
 
     def example_screen(self, frame: np.ndarray) -> None:
         """The lecture's "Example extracted screen": the first frame the network sees in this run, logged once."""
         if not self.example_logged:
             image = frame.reshape(-1, *frame.shape[-2:])  # a grayscale frame gets its one channel
-            self.writer.add_image("example_extracted_screen", image, self.completed, dataformats="CHW")
+            with stop_signals_deferred():
+                self.writer.add_image("example_extracted_screen", image, self.completed, dataformats="CHW")
             self.example_logged = True
 
     def end_episode(self, reward: float, length: int, epsilon: float) -> int:
         """The lecture's end of an episode: log it, save the best model, check for solved; returns the episode's
-        number (from 0). The caller holds stop signals back meanwhile, so that the log and the files agree."""
+        number (from 0). Stop signals wait until it is done, so that the log and the files agree."""
+        with stop_signals_deferred():
+            return self._end_episode(reward, length, epsilon)
+
+    def _end_episode(self, reward: float, length: int, epsilon: float) -> int:
         args, writer, i_episode = self.args, self.writer, self.completed
         self.ten_rewards += reward
         self.total_rewards.append(float(reward))
@@ -157,8 +169,9 @@ class RunLog:
         """The mean loss and Q of the learning steps recorded since the last call (a refit's included), at
         episode `i_episode`; then now and then a clip of a greedy episode."""
         if self.losses:
-            self.writer.add_scalar("loss", torch.stack(self.losses).mean().item(), i_episode)
-            self.writer.add_scalar("mean_q", torch.stack(self.q_values).mean().item(), i_episode)
+            with stop_signals_deferred():
+                self.writer.add_scalar("loss", torch.stack(self.losses).mean().item(), i_episode)
+                self.writer.add_scalar("mean_q", torch.stack(self.q_values).mean().item(), i_episode)
             self.losses, self.q_values = [], []
         if self.args.clip_every and self.completed % self.args.clip_every == 0:
             self.log_greedy_episode()
@@ -173,7 +186,10 @@ class RunLog:
                 1, self.clip_seed, is_test=True, max_steps=self.args.max_steps, camera_size=self.observation.camera_size
             )
         recorder = record_greedy_episode(self.clip_pool, self.observation, self.greedy_policy())
-        self.writer.add_image("greedy_episode_test_objects", recorder.strip(), self.completed - 1, dataformats="HWC")
+        with stop_signals_deferred():
+            self.writer.add_image(
+                "greedy_episode_test_objects", recorder.strip(), self.completed - 1, dataformats="HWC"
+            )
 
     def close(self) -> dict[str, Any]:
         """Stop the clip worker, flush the logs and return what a resumable state keeps of the log."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from common import FrameStack, Observation, epsilon_by_episode, seed_everything
 from grasping.checkpoints import check_writable_folder, load_checkpoint, resume_path, save_checkpoint
-from grasping.cli import UsageError, WorkerError, resolve_device, stop_signals_deferred
+from grasping.cli import UsageError, WorkerError, resolve_device
 from grasping.dqn import DQNAgent
 from grasping.environment import display_problem, make_env
 from grasping.flags import LEARNING_FLAGS
@@ -162,8 +162,7 @@ class Trainer:
     def end_episode(self, reward: float, length: int) -> None:
         """The lecture's end of an episode, logged and saved whole even if a stop signal arrives meanwhile; then
         the agent's (a target sync, or a refit, which a stop signal interrupts at once)."""
-        with stop_signals_deferred():
-            i_episode = self.log.end_episode(reward, length, self.epsilon())
+        i_episode = self.log.end_episode(reward, length, self.epsilon())
         self.log.record(self.agent.end_episode(i_episode))
         self.log.write_learning(i_episode)
 
