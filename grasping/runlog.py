@@ -82,7 +82,7 @@ class RunLog:
         self.losses: list[torch.Tensor] = []
         self.q_values: list[torch.Tensor] = []
 
-        self.writer = SummaryWriter(str(args.logdir))
+        self.writer = SummaryWriter(str(args.logdir), flush_secs=1)  # each episode in TensorBoard within a second
         with stop_signals_deferred():
             self.writer.add_text(
                 "hyperparameters",
@@ -162,7 +162,6 @@ class RunLog:
         self.progress.set_postfix(eps=f"{epsilon:.3f}", success=f"{mean_reward:.1f}%", sps=f"{steps_per_second:.1f}")
         if i_episode >= SOLVE_AFTER_EPISODE and mean_reward > args.solve_score:
             self.solved = True
-        writer.flush()  # TensorBoard shows each episode as it ends, not up to two minutes later
         return i_episode
 
     def write_learning(self, i_episode: int) -> None:

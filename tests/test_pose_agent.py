@@ -363,7 +363,7 @@ def test_a_sigterm_during_a_refit_stops_the_run_at_once_with_its_state_saved(wor
     )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not episodes_logged(workdir / "runs" / "r") == [0, 1, 2]:
-        time.sleep(0.5)  # each episode is in TensorBoard as it ends; the refit follows the third
+        time.sleep(0.5)  # each episode is in TensorBoard within a second of its end; the refit follows the third
     time.sleep(2)
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
