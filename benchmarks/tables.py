@@ -22,13 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grasping.cli import OneLineArgumentParser
-from grasping.flags import eval_parser, training_parser
+from grasping.flags import PRESET_ALIASES, eval_parser, training_parser
 from grasping.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 MARKS = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.DOTALL)
+
+
+def current_names(flags: list[str]) -> list[str]:
+    """Training flags as recorded, with the presets' and flags' earlier names replaced by today's (the same
+    values: the earlier names are aliases)."""
+    renamed = {"--eps-decay-last-frame": "--eps-decay-episodes"}
+    names = [renamed.get(flag, flag) for flag in flags]
+    return [
+        PRESET_ALIASES.get(flag, flag) if index and names[index - 1] == "--preset" else flag
+        for index, flag in enumerate(names)
+    ]
 
 
 @dataclass
@@ -46,7 +57,7 @@ class Configuration:
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
         with open(folder / "learning.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        return Configuration(name, config.get("train_flags", []), config, rows)
+        return Configuration(name, current_names(config.get("train_flags", [])), config, rows)
 
     def evaluations(self, policy: str = "greedy", objects: str = "test") -> list[dict]:
         """The rows of one policy on one object set, in episode order."""
@@ -72,10 +83,8 @@ class Configuration:
 
     @property
     def selects_pose_agent(self) -> bool:
-        flags = " ".join(self.train_flags)
-        return any(text in flags for text in ("--agent pose", "--preset pose", "--preset fast ")) or flags.endswith(
-            "--preset fast"
-        )
+        flags = self.train_flags
+        return any(flags[i : i + 2] in (["--agent", "pose"], ["--preset", "pose"]) for i in range(len(flags)))
 
     @property
     def workers(self) -> str:
@@ -84,7 +93,8 @@ class Configuration:
 
     @property
     def command(self) -> str:
-        """The call of benchmarks/learning.py that reproduces the configuration."""
+        """The call of benchmarks/learning.py that reproduces the configuration, into a new folder (NAME-again: the
+        recorded one refuses other calls' flags)."""
         settings = self.settings
         own = [
             f"--episodes {settings['episodes']}",
@@ -94,7 +104,7 @@ class Configuration:
         ]
         if settings.get("objects", "both") != "both":
             own.append(f"--objects {settings['objects']}")
-        return f"python benchmarks/learning.py {self.name} {' '.join(own)} -- {' '.join(self.train_flags)}"
+        return f"python benchmarks/learning.py {self.name}-again {' '.join(own)} -- {' '.join(self.train_flags)}"
 
 
 def successes(row: dict) -> str:
