@@ -13,6 +13,7 @@ way: scripts -> grasping -> common, and nothing in common imports grasping.
     process_pool   ProcessEnvPool: environments in worker processes on this machine (no torch)
     ray_pool       RayEnvPool: environments as Ray actors, an optional extra (no torch)
     environment    the pybullet environment, made quietly, and the workers' seeds (no torch)
+    gymnasium_env  the environment behind the Gymnasium API, an optional extra (no torch)
     checkpoints    files: atomic writes, safe loading, a checkpoint's network configuration
     recording      GIFs and TensorBoard strips of played episodes
     stats          success rates with their 95% interval
