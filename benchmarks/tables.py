@@ -93,9 +93,11 @@ class Configuration:
 
     @property
     def command(self) -> str:
-        """The call of benchmarks/learning.py that reproduces the configuration, into a new folder (NAME-again: the
-        recorded one refuses other calls' flags)."""
+        """The call of benchmarks/learning.py (or of the script that recorded its own command) that reproduces the
+        configuration, into a new folder (NAME-again: the recorded one refuses other calls' flags)."""
         settings = self.settings
+        if "command" in settings:
+            return f"{settings['command']} --name {self.name}-again"
         own = [
             f"--episodes {settings['episodes']}",
             f"--eval-every {settings['eval_every']}",
@@ -149,6 +151,7 @@ SUMMARY = (
     ("lecture", "the lecture's DQN, its defaults"),
     ("fast-a", "the lecture's DQN with Double DQN, 3-step returns and random shifts, `--preset double-nstep-dqn`"),
     ("dqn-pose", "that DQN given the pose agent's inputs, `--preset double-nstep-dqn --pose-input`"),
+    ("sb3-dqn", "Stable-Baselines3's DQN, `CnnPolicy` on the camera image ([how](docs/gymnasium.md))"),
 )
 
 
@@ -207,7 +210,7 @@ def dqn_table(results: Path) -> str:
     configurations = [Configuration.load(name, results) for name in names]
     rows = []
     for configuration in configurations:
-        if configuration.selects_pose_agent or not configuration.evaluations():
+        if configuration.selects_pose_agent or "library" in configuration.settings or not configuration.evaluations():
             continue
         evaluations = configuration.evaluations()
         best = max(evaluations, key=lambda row: int(row["successes"]))
@@ -277,6 +280,36 @@ def throughput_table(results: Path, name: str) -> str:
     return table + f"\n{rows[0]['episodes_per_env']} x N episodes per measurement on {rows[0]['machine']}.\n"
 
 
+def sb3_table(results: Path) -> str:
+    """Stable-Baselines3's DQN at each evaluation beside the project's agents and the random policy, on the same
+    200 test scenes."""
+    sb3, refit = Configuration.load("sb3-dqn", results), Configuration.load("pose-refit", results)
+    rows = [["random policy", "-", successes(sb3.random()), "-"]]
+    for configuration, label in (
+        (sb3, "Stable-Baselines3's DQN (`sb3-dqn`)"),
+        (refit, "the pose agent (`pose-refit`)"),
+        (Configuration.load("dqn-pose", results), "the lecture's DQN, `double-nstep-dqn --pose-input` (`dqn-pose`)"),
+    ):
+        for row in configuration.evaluations():
+            rows.append([label, f"{int(row['episode']):,}", successes(row), minutes(row)])
+    return markdown(["policy", "episodes", "test-object successes (95% CI)", "training time"], rows) + (
+        f"\nAll on {sb3.settings['machine']}, 2 environments each; SB3 {sb3.settings['library'].split()[-1]}.\n"
+    )
+
+
+def worker_memory_table(results: Path) -> str:
+    """A worker's resident memory over its resets, without pybullet's file cache (as shipped) and with it."""
+    columns = []
+    for name in ("memory.csv", "file-caching.csv"):
+        with open(results / "worker-memory" / name, newline="") as handle:
+            columns.append({int(row["reset"]): row for row in csv.DictReader(handle)})
+    resets = [reset for reset in (1, 500, 1000, 1500, 2000) if all(reset in column for column in columns)]
+    rows = [
+        [f"{reset:,}", *(f"{float(column[reset]['resident_mb']):.1f} MB" for column in columns)] for reset in resets
+    ]
+    return markdown(["resets", "file cache off (as shipped)", "file cache on (pybullet's default)"], rows)
+
+
 def flags_table(parser: argparse.ArgumentParser) -> str:
     """A script's flags as `--help` gives them: each with its default and help line."""
     rows = []
@@ -300,6 +333,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "dqn": dqn_table,
     "throughput-dev": lambda results: throughput_table(results, "throughput-dev"),
     "throughput-h100": lambda results: throughput_table(results, "throughput-h100"),
+    "sb3": sb3_table,
+    "worker-memory": worker_memory_table,
     "training-flags": lambda results: flags_table(training_parser()),
     "eval-flags": lambda results: flags_table(eval_parser()),
 }
