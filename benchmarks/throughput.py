@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.learning import cpu_name
+from benchmarks.worker_memory import resident_memory
 from common import Observation, ReplayMemory
 from grasping.cli import OneLineArgumentParser, positive_int, resolve_device
 from grasping.evaluation import random_policy
@@ -48,13 +49,6 @@ def env_counts(max_envs: int) -> list[int]:
     return counts
 
 
-def worker_memory(pid: int) -> tuple[float, bool]:
-    """A process's resident memory in MB and whether it has torch's library loaded, from /proc (Linux)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    resident_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return resident_kb / 1024, "libtorch" in Path(f"/proc/{pid}/maps").read_text()
-
-
 def raw_collection(num_envs: int, episodes: int, seed: int, backend: str = "local") -> dict[str, float]:
     """(a): episodes/s and env steps/s of `num_envs` workers of `backend` under uniform random actions, and the
     largest worker's resident memory in MB at the end (NaN where /proc is missing) and whether torch is loaded
@@ -70,7 +64,7 @@ def raw_collection(num_envs: int, episodes: int, seed: int, backend: str = "loca
             rollouts.act(policy)
         seconds = timeit.default_timer() - start
         try:
-            worker_mb, torch_loaded = max(worker_memory(pid) for pid in pool.pids())
+            worker_mb, torch_loaded = max(resident_memory(pid) for pid in pool.pids())
         except OSError:
             worker_mb, torch_loaded = float("nan"), False
     finally:

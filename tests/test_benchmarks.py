@@ -269,3 +269,30 @@ def test_a_table_follows_its_csv(tmp_path):
     drawn = tables.render(text, results)
     assert "| 2,500 | 77/100 = 77.0% (67.8-84.2%) | 51/100 = 51.0% (41.3-60.6%) |" in drawn
     assert drawn.endswith("<!-- end table -->\nprose\n") and "anything" not in drawn
+
+
+def test_worker_memory_reads_a_torch_free_workers_memory_after_its_resets(tmp_path):
+    output = tmp_path / "memory.csv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "worker_memory.py"),
+            "--resets",
+            "3",
+            "--every",
+            "2",
+            "--file-caching",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["reset"]) for row in rows] == [1, 2, 3]
+    assert all(50 < float(row["resident_mb"]) < 1000 for row in rows)
+    assert float(rows[0]["seconds"]) < float(rows[-1]["seconds"])
+    assert result.stdout.splitlines()[0] == "reset,resident_mb,seconds" and result.stderr == ""
