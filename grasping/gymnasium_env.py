@@ -52,7 +52,7 @@ class BoundClient:
             return functools.partial(attribute, physicsClientId=self.client_id)
         return attribute
 
-    def loadURDF(self, file_name: str, *arguments: Any, **keywords: Any) -> int:  # noqa: N802 (pybullet's name)
+    def loadURDF(self, file_name: str, *arguments: Any, **keywords: Any) -> int:  # pybullet's name for it
         """pybullet's loadURDF; its older form, the position and quaternion as 7 numbers after the file name (the
         class loads its table and tray so), takes no client id, and is given as keywords."""
         if len(arguments) == 7:
