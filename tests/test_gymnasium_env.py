@@ -80,11 +80,16 @@ def test_one_seed_gives_one_scene_whatever_ran_before_and_another_seed_another()
 def test_a_grasp_terminates_and_a_timeout_truncates() -> None:
     env = KukaDiverseObjectGrasp(is_test=True)  # the height hack takes the gripper to the floor in 7 or 8 steps
     try:
-        grasp = play_out(env, seed=1)
-        assert [step[1:3] for step in grasp[:-1]] == [(False, False)] * (len(grasp) - 1)
-        reward, terminated, truncated, info = grasp[-1]
-        assert terminated and not truncated and info["grasp_attempted"]
-        assert info["grasp_success"] == (reward == 1.0) and reward in (0.0, 1.0)
+        # Where the objects list in the development machine's order, staying put lifts nothing in scene 1 and an
+        # object in scene 5; on any machine, the outcome reported must be the simulation's.
+        for seed in (1, 5):
+            grasp = play_out(env, seed)
+            assert [step[1:3] for step in grasp[:-1]] == [(False, False)] * (len(grasp) - 1)
+            reward, terminated, truncated, info = grasp[-1]
+            assert terminated and not truncated and info["grasp_attempted"]
+            heights = [env._client.getBasePositionAndOrientation(uid)[0][2] for uid in env._env._objectUids]
+            lifted = max(heights) > 0.2  # the environment's success: an object above 0.2 m
+            assert info["grasp_success"] == lifted and reward == float(lifted)
     finally:
         env.close()
     short = KukaDiverseObjectGrasp(is_test=True, max_steps=3)
@@ -96,17 +101,6 @@ def test_a_grasp_terminates_and_a_timeout_truncates() -> None:
         assert info == {"grasp_attempted": False, "grasp_success": False}
     finally:
         short.close()
-
-
-@pytest.mark.slow
-def test_a_grasp_that_lifts_an_object_is_rewarded() -> None:
-    env = KukaDiverseObjectGrasp(is_test=True)
-    try:
-        outcomes = [play_out(env, seed)[-1] for seed in range(12)]
-    finally:
-        env.close()
-    lifted = [info["grasp_success"] for reward, _, _, info in outcomes if reward == 1.0]
-    assert lifted and all(lifted), "no scene of 12 was lifted by staying still, or a lift was not reported"
 
 
 def test_an_asynchronous_vector_env_steps() -> None:
