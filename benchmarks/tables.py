@@ -298,14 +298,16 @@ def sb3_table(results: Path) -> str:
 
 
 def worker_memory_table(results: Path) -> str:
-    """A worker's resident memory over its resets, without pybullet's file cache (as shipped) and with it."""
+    """A worker's resident memory over its resets, without pybullet's file cache (as shipped) and, where it was
+    measured, with it."""
     columns = []
     for name in ("memory.csv", "file-caching.csv"):
         with open(results / "worker-memory" / name, newline="") as handle:
-            columns.append({int(row["reset"]): row for row in csv.DictReader(handle)})
-    resets = [reset for reset in (1, 500, 1000, 1500, 2000) if all(reset in column for column in columns)]
+            columns.append({int(row["reset"]): float(row["resident_mb"]) for row in csv.DictReader(handle)})
+    resets = [reset for reset in (1, 100, 200, 500, 1000, 1500, 2000) if reset in columns[0]]
     rows = [
-        [f"{reset:,}", *(f"{float(column[reset]['resident_mb']):.1f} MB" for column in columns)] for reset in resets
+        [f"{reset:,}", *(f"{column[reset]:.1f} MB" if reset in column else "-" for column in columns)]
+        for reset in resets
     ]
     return markdown(["resets", "file cache off (as shipped)", "file cache on (pybullet's default)"], rows)
 

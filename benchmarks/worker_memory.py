@@ -8,8 +8,8 @@ One `ProcessEnvPool` worker (the local backend's, without torch) resets its envi
 on the 900 training objects unless `--objects test` (100 objects) is given; its resident memory is read
 from /proc (Linux) after the first reset and after every `--every`-th. The environment keeps no file cache
 (`grasping.environment`); `--file-caching` turns pybullet's default back on, to see what it costs. Writes
-the rows (reset, resident_mb, seconds) to --output, and prints each. Imports no torch, so that the
-worker started here does not either.
+each row (reset, resident_mb, seconds) to --output as it is measured, so that a stopped run keeps its
+rows, and prints it. Imports no torch, so that the worker started here does not either.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import csv
 import sys
 import timeit
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,9 @@ def cache_files(env: Any) -> None:
 
 def measure(
     resets: int, every: int, is_test: bool = False, file_caching: bool = False
-) -> list[tuple[int, float, float]]:
+) -> Iterator[tuple[int, float, float]]:
     """(resets done, the worker's resident MB, seconds since the first reset) after the first reset, every
-    `every`-th and the last."""
-    rows = []
+    `every`-th and the last, as they are measured."""
     with ProcessEnvPool(1, 1, is_test) as pool:
         (pid,) = pool.pids()
         if file_caching:
@@ -59,9 +59,7 @@ def measure(
             if done == 1 or done % every == 0 or done == resets:
                 resident_mb, torch_loaded = resident_memory(pid)
                 assert not torch_loaded, "the worker imported torch: the figure would not be a worker's"
-                rows.append((done, round(resident_mb, 1), round(timeit.default_timer() - start, 1)))
-                print(*rows[-1], sep=",", flush=True)
-    return rows
+                yield done, round(resident_mb, 1), round(timeit.default_timer() - start, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +74,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the CSV file to write (default: benchmarks/results/worker-memory/memory.csv, or file-caching.csv)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     args = parser.parse_args(argv)
     output = args.output or RESULTS / ("file-caching.csv" if args.file_caching else "memory.csv")
-    print("reset,resident_mb,seconds")
-    rows = measure(args.resets, args.every, args.objects == "test", args.file_caching)
+    if output.exists() and not args.overwrite:
+        parser.error(f"--output {output}: the file exists; pass --overwrite to replace it, or another name")
     output.parent.mkdir(parents=True, exist_ok=True)
+    rows = measure(args.resets, args.every, args.objects == "test", args.file_caching)
     with output.open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["reset", "resident_mb", "seconds"])
-        writer.writerows(rows)
+        for row in [("reset", "resident_mb", "seconds"), *rows]:
+            writer.writerow(row)
+            file.flush()
+            print(*row, sep=",", flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, assert_one_line_error
 from PIL import Image
 
 from benchmarks import scripted_reference, tables
@@ -296,3 +296,11 @@ def test_worker_memory_reads_a_torch_free_workers_memory_after_its_resets(tmp_pa
     assert all(50 < float(row["resident_mb"]) < 1000 for row in rows)
     assert float(rows[0]["seconds"]) < float(rows[-1]["seconds"])
     assert result.stdout.splitlines()[0] == "reset,resident_mb,seconds" and result.stderr == ""
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "worker_memory.py"), "--output", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert_one_line_error(again, "--output", "exists", "--overwrite")
+    assert len(output.read_text().splitlines()) == 4, "the measured rows were kept"
