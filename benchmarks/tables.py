@@ -183,10 +183,12 @@ def summary_table(results: Path) -> str:
 
 
 def status_lines(results: Path) -> str:
-    """The README's first lines: the pose agent's and the lecture's DQN's last evaluations beside the random
-    policy's."""
+    """The README's first lines: the pose agent's, the lecture's DQN's and SB3's DQN's last evaluations beside
+    the random policy's."""
     pose, lecture = Configuration.load("pose-refit", results), Configuration.load("lecture", results)
     pose_last, lecture_last = pose.evaluations()[-1], lecture.evaluations()[-1]
+    sb3 = Configuration.load("sb3-dqn", results)
+    sb3_last = sb3.evaluations()[-1]
     return (
         f"- The pose agent (`--preset pose`) lifts an object in {successes(pose_last)} of unseen scenes after "
         f"{int(pose_last['episode']):,} training episodes ({minutes(pose_last)} of training; "
@@ -194,7 +196,9 @@ def status_lines(results: Path) -> str:
         f"where the random policy lifts one in {successes(pose.random())}.\n"
         f"- The lecture's DQN does not beat the random policy at this budget: {successes(lecture_last)} after "
         f"{int(lecture_last['episode']):,} episodes, against {successes(lecture.random())}; no variant of it "
-        "measured here did better (see [the DQN's results](docs/dqn.md#measured)).\n"
+        "measured here did better (see [the DQN's results](docs/dqn.md#measured)), nor did Stable-Baselines3's "
+        f"DQN: {successes(sb3_last)} after {int(sb3_last['episode']):,} episodes, against "
+        f"{successes(sb3.random())}.\n"
     )
 
 
@@ -293,7 +297,8 @@ def sb3_table(results: Path) -> str:
         for row in configuration.evaluations():
             rows.append([label, f"{int(row['episode']):,}", successes(row), minutes(row)])
     return markdown(["policy", "episodes", "test-object successes (95% CI)", "training time"], rows) + (
-        f"\nAll on {sb3.settings['machine']}, 2 environments each; SB3 {sb3.settings['library'].split()[-1]}.\n"
+        f"\nAll on {sb3.settings['machine']}: SB3 {sb3.settings['library'].split()[-1]} with "
+        f"{sb3.settings['num_envs']} environments in lockstep, the project's agents with 2 workers.\n"
     )
 
 
