@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             append_row(csv_path, measure(random_policy(7, args.eval_seed, args.eval_envs), args, "random", 0, 0.0))
     finally:
         env.close()
-    plot(args.results, folder / "learning.png", [args.name])
-    names = sorted(path.parent.name for path in args.results.glob("*/learning.csv"))
-    plot(args.results, args.results / "learning.png", names)
+        plot(args.results, folder / "learning.png", [args.name])  # what is measured so far, however the call ends
+        names = sorted(path.parent.name for path in args.results.glob("*/learning.csv"))
+        plot(args.results, args.results / "learning.png", names)
     return 0
 
 
