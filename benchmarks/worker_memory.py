@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import sys
 import timeit
 from collections.abc import Iterator
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.resets, args.every, args.objects == "test", args.file_caching)
     with output.open("w", newline="") as file:
         writer = csv.writer(file)
-        for row in [("reset", "resident_mb", "seconds"), *rows]:
+        for row in itertools.chain([("reset", "resident_mb", "seconds")], rows):  # each row as it comes
             writer.writerow(row)
             file.flush()
             print(*row, sep=",", flush=True)
