@@ -88,10 +88,12 @@ def grasp_env_class() -> Any:
         once.
 
         The server caches every file it loads, and each reset loads five of the 900 training objects:
-        a worker grew by about 17 MB per 100 resets with the cache (bullet3 issue 2277; pfrl turns it
-        off too), and stays flat without it. The parent's __del__ disconnects the global client
-        unconditionally: after an explicit disconnect it prints "Not connected to physics server", and
-        since pybullet reuses client ids it could even disconnect a newer environment in the same process.
+        with the cache a worker grows with every object it has not seen yet (bullet3 issue 2277; pfrl
+        turns it off too), without it the worker stays flat (docs/parallel.md has the figures).
+
+        The parent's __del__ disconnects the global client unconditionally: after an explicit disconnect
+        it prints "Not connected to physics server", and since pybullet reuses client ids it could even
+        disconnect a newer environment in the same process.
         """
 
         def __init__(self, **options: Any) -> None:
