@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.learning import append_row, evaluation_row, machine_name, plot, read_rows
+from benchmarks.learning import append_row, evaluation_row, machine_name, plot, read_config, read_rows
 from common import Observation, seed_everything
 from grasping.checkpoints import atomic_write
 from grasping.cli import STOP_SIGNALS, OneLineArgumentParser, positive_int
@@ -99,6 +99,10 @@ def greedy_policy(model: DQN) -> Policy:
     return policy
 
 
+REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+"""The replay buffer's arrays that `save_state` writes and `load_state` puts back."""
+
+
 def save_state(model: DQN, folder: Path, progress: dict) -> None:
     """The model's networks and optimizer (torch tensors), its replay memory (NumPy arrays) and counters (JSON)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,9 +116,6 @@ def save_state(model: DQN, folder: Path, progress: dict) -> None:
     counters = {"num_timesteps": model.num_timesteps, "n_updates": model._n_updates, "pos": buffer.pos}
     with atomic_write(folder / "progress.json") as file:
         file.write(json.dumps({**progress, **counters, "full": buffer.full}).encode())
-
-
-REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
 
 def load_state(model: DQN, folder: Path) -> dict:
@@ -133,7 +134,7 @@ def load_state(model: DQN, folder: Path) -> dict:
     return progress
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def argument_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--name", default="sb3-dqn", help="the folder under benchmarks/results/ (default: sb3-dqn)")
     parser.add_argument("--episodes", type=positive_int, default=3000, help="training episodes in all")
@@ -153,7 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seeds SB3, its environments and torch")
     parser.add_argument("--device", default="auto", help="SB3's device: auto, cpu or cuda")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where NAME's folder and the combined plot go")
-    return parser.parse_args(argv)
+    return parser
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,14 +181,15 @@ def measure(policy: Policy, args: argparse.Namespace, name: str, episode: int, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser = argument_parser()
+    args = parser.parse_args(argv)
     folder = args.results / args.name
     settings = {
         key: getattr(args, key) for key in ("episodes", "eval_every", "eval_episodes", "eval_seed", "eval_envs")
     }
     config_path = folder / "config.json"
     if config_path.exists():
-        recorded = json.loads(config_path.read_text())
+        recorded = read_config(config_path, parser)  # a file it did not write is refused in one line
         changed = [key for key, value in settings.items() if recorded.get(key) != value]
         if changed:
             sys.exit(f"{config_path} was run with other settings ({', '.join(changed)}); pass another --name")
