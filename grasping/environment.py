@@ -166,3 +166,15 @@ def render_scene(env: Any, size: int = 256, pybullet: Any = None) -> np.ndarray:
         pybullet = quiet_pybullet()
     image = pybullet.getCameraImage(size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix)[2]
     return np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
+
+
+def camera_with_depth(env: Any, size: int, pybullet: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The environment's own camera at `size` x `size`: RGB uint8 (size, size, 3) and the depth buffer float32
+    (size, size) in [0, 1], nonlinear between the near and far planes (OpenGL's convention)."""
+    if pybullet is None:
+        pybullet = quiet_pybullet()
+    _, _, image, depth, _ = pybullet.getCameraImage(
+        size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix
+    )
+    rgb = np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
+    return rgb, np.reshape(np.asarray(depth, dtype=np.float32), (size, size))

@@ -29,17 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import evaluating, to_float
+from grasping.camera import camera_matrix
 from grasping.checkpoints import checkpoint_agent, checkpoint_config, load_state
 from grasping.cli import CheckpointError
-from grasping.environment import quiet_pybullet
 from grasping.kinematics import MOVES, START_POSE, EpisodeTracker, Pose, angle_features, move, pose_array
 
 GRASP_AFTER = 7
 """Actions after which the descending gripper is low enough to grasp, in most episodes."""
 OBJECT_HEIGHT = -0.15
 """z in metres of the objects resting in the tray, where a pose is projected into the camera image."""
-CAMERA = dict(look=(0.23, 0.2, 0.54), distance=1.0, yaw=245.0, pitch=-56.0, fov=20.0, near=0.01, far=10.0)
-"""KukaDiverseObjectEnv's camera (cameraRandom 0): the same view and projection at every reset."""
 PATCH_FRACTION = 3
 """A pose's patch is a 1/PATCH_FRACTION of the frame's side wide: 32 pixels at 96x96."""
 POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True}
@@ -90,16 +88,6 @@ class PoseLattice:
             return None
         reachable = self.reach[remaining][self.successors[self.index[pose]]]  # (actions, poses)
         return np.where(reachable, scores[None, :], -np.inf).max(axis=1)
-
-
-def camera_matrix() -> np.ndarray:
-    """The environment camera's projection times view matrix (4x4, row-major): world point to clip space."""
-    pybullet = quiet_pybullet()
-    view = pybullet.computeViewMatrixFromYawPitchRoll(
-        CAMERA["look"], CAMERA["distance"], CAMERA["yaw"], CAMERA["pitch"], 0, 2
-    )
-    projection = pybullet.computeProjectionMatrixFOV(CAMERA["fov"], 1.0, CAMERA["near"], CAMERA["far"])
-    return np.array(projection).reshape(4, 4).T @ np.array(view).reshape(4, 4).T
 
 
 def image_coordinates(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from conftest import ROOT, assert_one_line_error, read_events, run_script, taken
 
 from common import seed_everything
+from grasping.camera import camera_matrix
 from grasping.checkpoints import checkpoint_config, load_checkpoint
 from grasping.cli import CheckpointError
 from grasping.environment import make_env, quiet_pybullet
@@ -27,7 +28,6 @@ from grasping.pose_agent import (
     PoseAgent,
     PoseLattice,
     PosePolicy,
-    camera_matrix,
     grasp_loss,
     pixel_of,
     pose_config,
