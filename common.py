@@ -71,26 +71,40 @@ def preprocess_frame(obs: np.ndarray, size: int = SCREEN_SIZE, rgb: bool = False
 
 @dataclass(frozen=True)
 class Observation:
-    """What the network sees of each camera image: a `size` x `size` frame, grayscale (the lecture's) or RGB.
+    """What the network sees of each camera image: a `size` x `size` frame, grayscale (the lecture's) or RGB, and
+    with `height` a last channel: the height of what each pixel shows, in millimetres above the tray's floor.
 
     The camera renders at the environment's 48x48, or at `size` when that is larger, so that a
-    larger input holds more detail rather than an enlarged image. Checkpoints record both fields.
+    larger input holds more detail rather than an enlarged image. Checkpoints record the fields.
     """
 
     size: int = SCREEN_SIZE
     rgb: bool = False
+    height: bool = False
 
     @property
     def camera_size(self) -> int:
         return max(CAMERA_SIZE, self.size)
 
     @property
+    def channels(self) -> int:
+        return (3 if self.rgb else 1) + self.height
+
+    @property
     def frame_shape(self) -> tuple[int, ...]:
-        return (3, self.size, self.size) if self.rgb else (self.size, self.size)
+        return (self.channels, self.size, self.size) if self.channels > 1 else (self.size, self.size)
 
     def preprocess(self, obs: np.ndarray) -> np.ndarray:
-        """A camera image as this observation's uint8 frame."""
-        return preprocess_frame(obs, self.size, self.rgb)
+        """A camera image (H, W, 3), or (H, W, 4) with the height channel, as this observation's uint8 frame."""
+        if not self.height:
+            return preprocess_frame(obs, self.size, self.rgb)
+        if obs.ndim != 3 or obs.shape[2] != 4:
+            raise ValueError(f"expected an image with its height channel, of shape (H, W, 4), got {obs.shape}")
+        colour = preprocess_frame(obs[:, :, :3], self.size, self.rgb)
+        height = Image.fromarray(np.ascontiguousarray(obs[:, :, 3]))
+        if height.size != (self.size, self.size):
+            height = height.resize((self.size, self.size), Image.Resampling.NEAREST)
+        return np.concatenate((colour.reshape(-1, self.size, self.size), np.array(height, dtype=np.uint8)[None]))
 
 
 def to_float(frames: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from grasping.camera import heights, unproject
 from grasping.cli import UsageError
 
 CAMERA_SIZE = 48
@@ -73,6 +74,7 @@ def grasp_env_class() -> Any:
     try:
         with warnings.catch_warnings(), silenced_output():
             warnings.simplefilter("ignore")
+            import gym
             from pybullet_envs.bullet.kuka_diverse_object_gym_env import KukaDiverseObjectEnv
     except ModuleNotFoundError as error:
         if error.name == "pkg_resources":
@@ -91,14 +93,27 @@ def grasp_env_class() -> Any:
         with the cache a worker grows with every object it has not seen yet (bullet3 issue 2277; pfrl
         turns it off too), without it the worker stays flat (docs/parallel.md has the figures).
 
+        With `height_channel`, each observation carries a fourth channel: the height of what each pixel shows.
+
         The parent's __del__ disconnects the global client unconditionally: after an explicit disconnect
         it prints "Not connected to physics server", and since pybullet reuses client ids it could even
         disconnect a newer environment in the same process.
         """
 
-        def __init__(self, **options: Any) -> None:
+        def __init__(self, height_channel: bool = False, **options: Any) -> None:
+            self.height_channel = height_channel
             super().__init__(**options)
             pybullet.setPhysicsEngineParameter(enableFileCaching=0, physicsClientId=self.cid)
+            if height_channel:
+                self.observation_space = gym.spaces.Box(0, 255, (self._height, self._width, 4), dtype=np.uint8)
+
+        def _get_observation(self) -> np.ndarray:
+            """The camera's colour (H, W, 3), or with `height_channel` (H, W, 4): the colour and the height of what
+            each pixel shows (`camera.heights` of the depth buffer unprojected), from the same render."""
+            if not self.height_channel:
+                return super()._get_observation()
+            rgb, depth = camera_with_depth(self, self._width, pybullet)
+            return np.dstack((rgb, heights(unproject(depth)[..., 2])))
 
         def close(self) -> None:
             if not getattr(self, "_disconnected", False) and hasattr(self, "cid"):
@@ -137,15 +152,18 @@ def display_problem() -> str | None:
     return None
 
 
-def make_env(is_test: bool, max_steps: int = 20, renders: bool = False, camera_size: int = CAMERA_SIZE) -> Any:
+def make_env(
+    is_test: bool, max_steps: int = 20, renders: bool = False, camera_size: int = CAMERA_SIZE, height: bool = False
+) -> Any:
     """The lecture's environment: 7 discrete actions, automatic descent, 48x48 RGB observations.
 
     `is_test` picks the held-out test objects instead of the training objects; `renders` opens
     the PyBullet GUI (check `display_problem` first); `camera_size` renders the observations at
-    another size, from the same camera. The class drives pybullet's global client, so keep one
-    environment per process and close() it when done.
+    another size, from the same camera; `height` adds the height channel (H, W, 4). The class drives
+    pybullet's global client, so keep one environment per process and close() it when done.
     """
     return grasp_env_class()(
+        height_channel=height,
         renders=renders,
         isDiscrete=True,
         removeHeightHack=False,
@@ -174,7 +192,7 @@ def camera_with_depth(env: Any, size: int, pybullet: Any = None) -> tuple[np.nda
     if pybullet is None:
         pybullet = quiet_pybullet()
     _, _, image, depth, _ = pybullet.getCameraImage(
-        size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix
+        size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix, physicsClientId=env.cid
     )
     rgb = np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
     return rgb, np.reshape(np.asarray(depth, dtype=np.float32), (size, size))

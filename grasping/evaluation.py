@@ -168,10 +168,12 @@ def evaluate(
         observation = observation_of(agent_config(saved, checkpoint)[1])
     env: Any  # pybullet's gym environment (untyped), or an EnvPool
     if in_process(backend, num_envs):
-        env = make_env(is_test, max_steps, renders=render, camera_size=observation.camera_size)
+        env = make_env(is_test, max_steps, render, observation.camera_size, observation.height)
         n_actions = env.action_space.n
     else:
-        env = open_pool(backend, num_envs, seed, is_test, max_steps, observation.camera_size, ray_address)
+        env = open_pool(
+            backend, num_envs, seed, is_test, max_steps, observation.camera_size, observation.height, ray_address
+        )
         n_actions = env.n_actions
         if backend == "ray" and on_start is not None:
             on_start(env.describe())

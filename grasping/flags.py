@@ -66,7 +66,7 @@ DQN_ONLY = (
     "network",
 )
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
-POSE_ONLY = ("refit_every", "refit_epochs")
+POSE_ONLY = ("refit_every", "refit_epochs", "height")
 """Flags of the pose agent, refused with --agent dqn."""
 LEARNING_FLAGS = (
     "batch_size",
@@ -230,6 +230,13 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="keep the camera's colour instead of the lecture's grayscale: 3 channels per frame; "
         "the checkpoint records it",
+    )
+    parser.add_argument(
+        "--height",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="--agent pose: add a channel to each frame, the height of what each pixel shows (the same camera's "
+        "depth buffer, in millimetres above the tray's floor); the checkpoint records it",
     )
     parser.add_argument(
         "--network",

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import evaluating, to_float
+from common import Observation, evaluating, to_float
 from grasping.camera import camera_matrix
 from grasping.checkpoints import checkpoint_agent, checkpoint_config, load_state
 from grasping.cli import CheckpointError
@@ -40,8 +40,9 @@ OBJECT_HEIGHT = -0.15
 """z in metres of the objects resting in the tray, where a pose is projected into the camera image."""
 PATCH_FRACTION = 3
 """A pose's patch is a 1/PATCH_FRACTION of the frame's side wide: 32 pixels at 96x96."""
-POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True}
-"""The pose agent as a checkpoint's `config` records it, with the fast preset's frames."""
+POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False}
+"""The pose agent as a checkpoint's `config` records it, with the pose preset's frames (a checkpoint saved before
+the height channel existed has no "height": it is read as False)."""
 
 
 class PoseLattice:
@@ -107,14 +108,14 @@ def pixel_of(points: np.ndarray, size: int) -> np.ndarray:
 class GraspNet(nn.Module):
     """Grasp success logits for final poses: a patch of the first frame around each pose's pixel, and its angle.
 
-    The patch (1/PATCH_FRACTION of the frame's side, sampled bilinearly, so sub-pixel poses are kept apart) goes
-    through three convolutions; the angle enters as (sin 2a, cos 2a), since the two-finger gripper is the same
-    turned by half a turn.
+    The frame is grayscale or RGB, with or without the height channel (`Observation`). The patch (1/PATCH_FRACTION
+    of the frame's side, sampled bilinearly, so sub-pixel poses are kept apart) goes through three convolutions;
+    the angle enters as (sin 2a, cos 2a), since the two-finger gripper is the same turned by half a turn.
     """
 
-    def __init__(self, image_size: int = 96, rgb: bool = True) -> None:
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False) -> None:
         super().__init__()
-        self.image_size, self.rgb = image_size, rgb
+        self.image_size, self.rgb, self.height = image_size, rgb, height
         self.patch = image_size // PATCH_FRACTION
         self.camera: torch.Tensor
         self.offsets: torch.Tensor
@@ -123,7 +124,7 @@ class GraspNet(nn.Module):
         self.register_buffer(
             "offsets", torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1), persistent=False
         )
-        self.conv1 = nn.Conv2d(3 if rgb else 1, 32, kernel_size=5, padding=2)
+        self.conv1 = nn.Conv2d((3 if rgb else 1) + height, 32, kernel_size=5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
         self.linear = nn.Linear(64 * (self.patch // 8) ** 2 + 2, 256)
@@ -156,11 +157,11 @@ class GraspNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """What a checkpoint records so that `GraspNet.from_config` rebuilds this network from the file alone."""
-        return {"agent": "pose", "image_size": self.image_size, "rgb": self.rgb}
+        return {"agent": "pose", "image_size": self.image_size, "rgb": self.rgb, "height": self.height}
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> GraspNet:
-        return GraspNet(config["image_size"], config["rgb"])
+        return GraspNet(config["image_size"], config["rgb"], config["height"])
 
 
 def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
@@ -169,9 +170,11 @@ def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
     agent = saved.get("agent", "dqn") if isinstance(saved, dict) else None
     if agent != "pose":
         raise CheckpointError(f"{path}: a checkpoint of the {agent or 'unknown'} agent, not of --agent pose")
+    saved = {"height": False, **saved}
     if (
         saved.keys() != POSE_CONFIG.keys()
         or not isinstance(saved["rgb"], bool)
+        or not isinstance(saved["height"], bool)
         or type(saved["image_size"]) is not int
         or saved["image_size"] < 8 * PATCH_FRACTION
     ):
@@ -186,7 +189,8 @@ def agent_config(checkpoint: dict[str, Any], path: Any) -> tuple[str, dict[str, 
 
 
 def newest_frames(states: np.ndarray) -> torch.Tensor:
-    """The newest frame of each uint8 state (B, stack, [C,] H, W) as float (B, C, H, W)."""
+    """The newest frame of each uint8 state (B, stack, [C,] H, W) as float (B, C, H, W), the height channel (if any)
+    scaled like the colours: millimetres / 255."""
     frames = torch.from_numpy(np.ascontiguousarray(states[:, -1]))
     return to_float(frames if frames.dim() == 4 else frames.unsqueeze(1))
 
@@ -359,8 +363,7 @@ class PoseAgent:
 
     def __init__(
         self,
-        image_size: int,
-        rgb: bool,
+        observation: Observation,
         device: torch.device,
         seed: int,
         lr: float,
@@ -370,11 +373,9 @@ class PoseAgent:
         refit_every: int = 0,
         refit_epochs: int = 10,
     ) -> None:
-        self.net = GraspNet(image_size, rgb).to(device)
+        self.net = GraspNet(observation.size, observation.rgb, observation.height).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
-        self.memory = EpisodeMemory(
-            capacity, (3, image_size, image_size) if rgb else (image_size, image_size), device, seed
-        )
+        self.memory = EpisodeMemory(capacity, observation.frame_shape, device, seed)
         self.lattice = PoseLattice()
         self.policy = PosePolicy(self.net, self.lattice, random.Random(seed))
         self.batch_size, self.learning_starts = batch_size, learning_starts

@@ -21,7 +21,9 @@ from grasping.cli import STOP_SIGNALS, WorkerError
 from grasping.environment import CAMERA_SIZE, make_env, render_scene, seed_environment, worker_seed
 
 
-def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int, camera_size: int) -> None:
+def _env_worker(
+    connection: Connection, seed: int, is_test: bool, max_steps: int, camera_size: int, height: bool
+) -> None:
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
     Replies ("observation", obs, reward, done) with the camera image (H, W, 3) uint8, 6,912 bytes at 48x48;
@@ -30,7 +32,7 @@ def _env_worker(connection: Connection, seed: int, is_test: bool, max_steps: int
     env = None
     try:
         seed_environment(seed)
-        env = make_env(is_test, max_steps, camera_size=camera_size)
+        env = make_env(is_test, max_steps, camera_size=camera_size, height=height)
         connection.send(("ready", env.action_space.n))
         while True:
             command = connection.recv()
@@ -80,9 +82,16 @@ class ProcessEnvPool:
     """
 
     def __init__(
-        self, num_envs: int, seed: int, is_test: bool, max_steps: int = 20, camera_size: int = CAMERA_SIZE
+        self,
+        num_envs: int,
+        seed: int,
+        is_test: bool,
+        max_steps: int = 20,
+        camera_size: int = CAMERA_SIZE,
+        height: bool = False,
     ) -> None:
-        """`camera_size`: the side of the camera images the workers render (`Observation.camera_size`)."""
+        """`camera_size`: the side of the camera images the workers render (`Observation.camera_size`); `height`:
+        whether they add the height channel (`Observation.height`)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads or CUDA
         self.connections: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -91,7 +100,7 @@ class ProcessEnvPool:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
                     target=_env_worker,
-                    args=(child_end, worker_seed(seed, index), is_test, max_steps, camera_size),
+                    args=(child_end, worker_seed(seed, index), is_test, max_steps, camera_size, height),
                     name=f"env-worker-{index}",
                     daemon=True,
                 )

@@ -182,7 +182,12 @@ class RunLog:
         """
         if self.clip_pool is None:
             self.clip_pool = ProcessEnvPool(
-                1, self.clip_seed, is_test=True, max_steps=self.args.max_steps, camera_size=self.observation.camera_size
+                1,
+                self.clip_seed,
+                is_test=True,
+                max_steps=self.args.max_steps,
+                camera_size=self.observation.camera_size,
+                height=self.observation.height,
             )
         recorder = record_greedy_episode(self.clip_pool, self.observation, self.greedy_policy())
         with stop_signals_deferred():

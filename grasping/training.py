@@ -43,8 +43,7 @@ def make_agent(
     """The learner --agent names, with this run's flags."""
     if args.agent == "pose":
         return PoseAgent(
-            observation.size,
-            observation.rgb,
+            observation,
             device,
             seed,
             args.lr,
@@ -60,7 +59,9 @@ def make_agent(
 def config_flags(config: dict[str, Any]) -> str:
     """A checkpoint's network configuration as the training flags that give it."""
     if config.get("agent") == "pose":
-        return f"--agent pose --image-size {config['image_size']} {'--rgb' if config['rgb'] else '--no-rgb'}"
+        colour = "--rgb" if config["rgb"] else "--no-rgb"
+        height = " --height" if config.get("height", False) else ""
+        return f"--agent pose --image-size {config['image_size']} {colour}{height}"
     switches = [
         f"--{'' if config[key] else 'no-'}{key.replace('_', '-')}"
         for key in ("timestep_input", "first_frame_input", "pose_input")
@@ -278,15 +279,22 @@ def train(args: argparse.Namespace) -> TrainingRun:
     # reseeds with its episode so that it does not replay the first episodes' scenes.
     seed = args.seed + (resumed["episode"] if resumed else 0)
     seed_everything(seed)
-    observation = Observation(args.image_size, args.rgb)
+    observation = Observation(args.image_size, args.rgb, args.agent == "pose" and args.height)
     env: Any  # pybullet's gym environment (untyped), or an EnvPool
     if in_process(args.backend, args.num_envs):
-        env = make_env(False, args.max_steps, renders=args.render, camera_size=observation.camera_size)
+        env = make_env(False, args.max_steps, args.render, observation.camera_size, observation.height)
         n_actions = env.action_space.n
     else:
         torch.set_num_threads(1)  # the other cores belong to the workers' physics
         env = open_pool(
-            args.backend, args.num_envs, seed, False, args.max_steps, observation.camera_size, args.ray_address
+            args.backend,
+            args.num_envs,
+            seed,
+            False,
+            args.max_steps,
+            observation.camera_size,
+            observation.height,
+            args.ray_address,
         )
         n_actions = env.n_actions
         if args.backend == "ray":

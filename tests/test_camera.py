@@ -18,10 +18,11 @@ BOX_CENTRE, BOX_HALF = (0.60, 0.05), (0.02, 0.03, 0.025)
 @pytest.fixture(scope="module")
 def scene_with_box():
     """A test scene with the arm's start pose, its objects moved far away, and a static box on the floor; the
-    camera's colour and depth buffer at 256x256, the box's top z and the floor's z under it."""
+    camera's colour and depth buffer at 256x256, the box's top z, the floor's z under it, the floor's points as
+    the camera saw them before the box, and the environment's observation with its height channel at 96x96."""
     pybullet = quiet_pybullet()
     seed_everything(4)
-    env = make_env(is_test=True, max_steps=20, camera_size=96)
+    env = make_env(is_test=True, max_steps=20, camera_size=96, height=True)
     try:
         env.reset()
         for uid in env._objectUids:
@@ -35,13 +36,13 @@ def scene_with_box():
         top = floor_z + 2 * BOX_HALF[2]
         pybullet.createMultiBody(0, shape, visual, (*BOX_CENTRE, top - BOX_HALF[2]))
         rgb, depth = camera_with_depth(env, 256)
-        yield rgb, depth, top, floor_z, floor
+        yield rgb, depth, top, floor_z, floor, env._get_observation()
     finally:
         env.close()
 
 
 def test_the_depth_buffer_unprojects_onto_the_points_the_camera_projects(scene_with_box):
-    _, _, _, _, floor = scene_with_box
+    floor = scene_with_box[4]
     points = floor[::37, ::37].reshape(-1, 3)
     clip = np.concatenate((points, np.ones((len(points), 1))), axis=1) @ camera_matrix().T
     assert np.all(clip[:, 3] > 0), "every unprojected point lies in front of the camera"
@@ -51,7 +52,7 @@ def test_the_depth_buffer_unprojects_onto_the_points_the_camera_projects(scene_w
 
 
 def test_the_tray_floor_reads_at_its_height_and_a_box_at_its_top(scene_with_box):
-    rgb, depth, top, floor_z, _ = scene_with_box
+    rgb, depth, top, floor_z, _, _ = scene_with_box
     assert -0.19 < floor_z < -0.178, "the tray's floor is at z -0.184"
     top_map = topdown_map(rgb, depth)
     assert top_map.shape == (4, *MAP_SHAPE) and top_map.dtype == np.uint8
@@ -70,3 +71,12 @@ def test_the_tray_floor_reads_at_its_height_and_a_box_at_its_top(scene_with_box)
     # cells behind it take the box's height from their neighbours.
     assert abs(cols[0] - low[1]) <= 1 and abs(cols[-1] - high[1]) <= 1, "the box's sides along y, within a cell"
     assert abs(rows[0] - low[0]) <= 1 and rows[-1] >= high[0], "the box's near side along x, within a cell"
+
+
+def test_the_observations_height_channel_reads_the_box_top_where_the_camera_shows_it(scene_with_box):
+    _, _, top, floor_z, _, observation = scene_with_box
+    assert observation.shape == (96, 96, 4)
+    column, row = np.floor(pixel_of(np.array([[*BOX_CENTRE, top]]), 96)[0]).astype(int)
+    around = observation[row - 1 : row + 2, column - 1 : column + 2, 3].astype(int)
+    assert np.all(np.abs(around - int(heights(np.array(top)))) <= 2), "the box's top, within 2 mm"
+    assert np.all(observation[row - 1 : row + 2, column - 1 : column + 2, 0] > 150), "and it is the red box"

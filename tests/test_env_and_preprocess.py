@@ -74,9 +74,9 @@ def test_preprocess_matches_the_lectures_torchvision_pipeline(real_frames):
     assert preprocess_frame(real_frames[0]).std() > 2, "a real frame is not blank"
 
 
-def first_observation(seed: int, camera_size: int) -> np.ndarray:
+def first_observation(seed: int, camera_size: int, height: bool = False) -> np.ndarray:
     seed_everything(seed)
-    env = make_env(is_test=False, camera_size=camera_size)
+    env = make_env(is_test=False, camera_size=camera_size, height=height)
     try:
         return env.reset()
     finally:
@@ -101,6 +101,22 @@ def test_a_larger_rgb_observation_is_the_same_camera_in_more_detail(real_frames)
     same_scene = np.abs(shrunk - first_observation(0, camera_size=48)).mean()
     other_scene = np.abs(shrunk - first_observation(1, camera_size=48)).mean()
     assert same_scene < 0.6 * other_scene, (same_scene, other_scene)
+
+
+def test_the_height_channel_comes_with_the_same_image_and_is_kept_as_a_last_channel():
+    colour, with_height = first_observation(0, 96), first_observation(0, 96, height=True)
+    assert with_height.shape == (96, 96, 4) and with_height.dtype == np.uint8
+    assert np.array_equal(with_height[:, :, :3], colour), "the same render, with the height beside it"
+    height = with_height[:, :, 3]
+    assert np.mean(np.abs(height.astype(int) - 6) <= 1) > 0.1, "the tray's floor, 6 mm above FLOOR_Z"
+    assert np.mean((height > 20) & (height < 150)) > 0.01, "objects standing on it"
+    observation = Observation(96, rgb=True, height=True)
+    frame = observation.preprocess(with_height)
+    assert frame.shape == observation.frame_shape == (4, 96, 96)
+    assert np.array_equal(frame, with_height.transpose(2, 0, 1))
+    assert Observation(48, rgb=False, height=True).preprocess(with_height).shape == (2, 48, 48)
+    with pytest.raises(ValueError, match="height channel"):
+        observation.preprocess(colour)
 
 
 def test_preprocess_rejects_a_non_rgb_array():

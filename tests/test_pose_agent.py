@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, assert_one_line_error, read_events, run_script, taken
 
-from common import seed_everything
+from common import Observation, seed_everything
 from grasping.camera import camera_matrix
 from grasping.checkpoints import checkpoint_config, load_checkpoint
 from grasping.cli import CheckpointError
@@ -229,8 +229,7 @@ def test_a_refit_starts_from_fresh_weights_passes_over_every_episode_and_learns(
     for online_steps in (0, 20):
         torch.manual_seed(0)
         agent = PoseAgent(
-            48,
-            False,
+            Observation(48, False),
             CPU,
             seed=1,
             lr=1e-3,
@@ -264,11 +263,14 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
         checkpoint_config(pose, "p.pt")
     with pytest.raises(CheckpointError, match="a checkpoint of the dqn agent, not of --agent pose"):
         pose_config({"policy_net_state_dict": {}}, "d.pt")
-    assert pose_config(pose, "p.pt") == {"agent": "pose", "image_size": 48, "rgb": True}
+    assert pose_config(pose, "p.pt") == {"agent": "pose", "image_size": 48, "rgb": True, "height": False}
+    before_height = {"agent": "pose", "image_size": 96, "rgb": True}  # saved before the height channel existed
+    assert pose_config({"config": before_height}, "old.pt") == {**before_height, "height": False}
     for bad in (
         {"agent": "pose", "image_size": 20, "rgb": True},
         {"agent": "pose", "rgb": True},
         {"agent": "pose", "image_size": 48, "rgb": "yes"},
+        {"agent": "pose", "image_size": 48, "rgb": True, "height": 1},
     ):
         with pytest.raises(CheckpointError, match="not a pose agent's configuration"):
             pose_config({"config": bad}, "p.pt")
@@ -276,9 +278,12 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "num_envs,learning", [(1, ()), (2, ("--refit-every", "2", "--refit-epochs", "2"))], ids=["1-online", "2-refits"]
+    "num_envs,learning",
+    [(1, ()), (2, ("--refit-every", "2", "--refit-epochs", "2", "--height"))],
+    ids=["1-online", "2-refits-height"],
 )
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
+    height = "--height" in learning
     result = run_script(
         "train",
         "--agent",
@@ -297,9 +302,12 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
-    assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True}
+    assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True, "height": height}
     assert "target_net_state_dict" not in state, "the pose agent has no target network"
-    assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3, 48, 48)
+    assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3 + height, 48, 48)
+    if height:  # the tray's floor, 6 mm above FLOOR_Z (9 as sampled at 48x48), fills much of the height channel
+        floor = (state["replay_memory"]["frames"][:, 3].int() - 6).abs() <= 4
+        assert floor.float().mean() > 0.2
 
     result = run_script(
         "train",
