@@ -132,6 +132,7 @@ def markdown(header: list[str], rows: list[list[str]], align: str = "") -> str:
 def pose_agent_table(results: Path) -> str:
     """The pose agent's evaluations beside the random policy and the scripted reference on the same 200 scenes."""
     refit, online = Configuration.load("pose-refit", results), Configuration.load("pose-online", results)
+    height = Configuration.load("pose-height", results)
     scripted = Configuration.load("scripted-reference", results).evaluations("scripted")[0]
     rows = [
         ["random policy", "-", successes(refit.random()), "-"],
@@ -139,6 +140,7 @@ def pose_agent_table(results: Path) -> str:
     ]
     for configuration, label in (
         (refit, "`pose-refit`: `--preset pose`"),
+        (height, "`pose-height`: `--preset pose --height`"),
         (online, "`pose-online`: online, `--updates-per-step 0.25`"),
     ):
         for row in configuration.evaluations():
@@ -148,6 +150,7 @@ def pose_agent_table(results: Path) -> str:
 
 SUMMARY = (
     ("pose-refit", "the pose agent, `--preset pose`"),
+    ("pose-height", "the pose agent seeing height, `--preset pose --height`"),
     ("lecture", "the lecture's DQN, its defaults"),
     ("fast-a", "the lecture's DQN with Double DQN, 3-step returns and random shifts, `--preset double-nstep-dqn`"),
     ("dqn-pose", "that DQN given the pose agent's inputs, `--preset double-nstep-dqn --pose-input`"),
