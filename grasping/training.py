@@ -279,7 +279,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     # reseeds with its episode so that it does not replay the first episodes' scenes.
     seed = args.seed + (resumed["episode"] if resumed else 0)
     seed_everything(seed)
-    observation = Observation(args.image_size, args.rgb, args.agent == "pose" and args.height)
+    observation = Observation(args.image_size, args.rgb, args.height)
     env: Any  # pybullet's gym environment (untyped), or an EnvPool
     if in_process(args.backend, args.num_envs):
         env = make_env(False, args.max_steps, args.render, observation.camera_size, observation.height)
