@@ -20,6 +20,7 @@ from grasping.cli import (
     probability,
     seed_int,
 )
+from grasping.pose_agent import EXPLORATIONS
 from grasping.runlog import SOLVE_AFTER_EPISODE
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -66,7 +67,7 @@ DQN_ONLY = (
     "network",
 )
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
-POSE_ONLY = ("refit_every", "refit_epochs", "height")
+POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height")
 """Flags of the pose agent, refused with --agent dqn."""
 LEARNING_FLAGS = (
     "batch_size",
@@ -86,6 +87,7 @@ LEARNING_FLAGS = (
     "updates_per_step",
     "refit_every",
     "refit_epochs",
+    "exploration",
 )
 """The learning hyperparameters a resumable state records: a resume that changes one is refused unless
 --change-hyperparameters says so. The agent and its network's configuration are checked from the checkpoint;
@@ -299,6 +301,14 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=10,
         help="--agent pose with --refit-every: passes over the memory in each refit",
+    )
+    parser.add_argument(
+        "--exploration",
+        choices=EXPLORATIONS,
+        default="uniform",
+        help="--agent pose: the final pose an exploring episode heads for: drawn uniformly, or 'boltzmann', "
+        "in proportion to its predicted odds of success (exp of its logit), which labels the poses the greedy "
+        "choice is made between",
     )
 
 

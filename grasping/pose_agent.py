@@ -40,6 +40,8 @@ OBJECT_HEIGHT = -0.15
 """z in metres of the objects resting in the tray, where a pose is projected into the camera image."""
 PATCH_FRACTION = 3
 """A pose's patch is a 1/PATCH_FRACTION of the frame's side wide: 32 pixels at 96x96."""
+EXPLORATIONS = ("uniform", "boltzmann")
+"""How an exploring episode draws the final pose it heads for (`PosePolicy`)."""
 POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False}
 """The pose agent as a checkpoint's `config` records it, with the pose preset's frames (a checkpoint saved before
 the height channel existed has no "height": it is read as False)."""
@@ -201,12 +203,19 @@ class PosePolicy:
     Call it with a batch of states, the environments they come from and their timesteps (actions taken in the
     episode so far), as the scripts call a policy. At timestep 0 it keeps the episode's first frame and scores
     every candidate final pose on it; with probability `epsilon` the episode explores instead, heading for a
-    final pose drawn uniformly. Each action returned is assumed taken: the policy follows the commanded pose.
-    Past the horizon (the arm lagging behind its commands) each move is valued by the pose it leads to.
+    final pose drawn by `exploration`: "uniform", or "boltzmann", in proportion to exp(logit), the predicted odds
+    of success, so that exploring labels the poses the greedy choice is made between (a network that has not
+    learned yet scores all poses alike, and the draw is close to uniform). Each action returned is assumed
+    taken: the policy follows the commanded pose. Past the horizon (the arm lagging behind its commands) each
+    move is valued by the pose it leads to.
     """
 
-    def __init__(self, net: GraspNet, lattice: PoseLattice, rng: random.Random | None = None) -> None:
-        self.net, self.lattice, self.rng = net, lattice, rng or random.Random(0)
+    def __init__(
+        self, net: GraspNet, lattice: PoseLattice, rng: random.Random | None = None, exploration: str = "uniform"
+    ) -> None:
+        if exploration not in EXPLORATIONS:
+            raise ValueError(f"exploration {exploration!r}, not one of {EXPLORATIONS}")
+        self.net, self.lattice, self.rng, self.exploration = net, lattice, rng or random.Random(0), exploration
         self.frames: dict[int, torch.Tensor] = {}
         self.episodes = EpisodeTracker()
         """Each environment's first frame of its episode (uint8, as the memory keeps it) and commanded pose."""
@@ -221,18 +230,18 @@ class PosePolicy:
         if starting:
             frames = newest_frames(states[starting]).to(device)
             explore = [self.rng.random() < epsilon for _ in starting]
-            greedy = [row for row, flag in enumerate(explore) if not flag]
+            scored = [row for row, flag in enumerate(explore) if not flag or self.exploration == "boltzmann"]
             candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals])).to(device)
-            values = np.empty((len(starting), len(self.lattice.finals)))
-            if greedy:
+            logits = np.zeros((len(starting), len(self.lattice.finals)), dtype=np.float32)
+            if scored:
                 with evaluating(self.net):
-                    logits = self.net(frames[greedy], candidates.expand(len(greedy), -1, -1))
-                values[greedy] = torch.sigmoid(logits).cpu().numpy()
+                    logits[scored] = self.net(frames[scored], candidates.expand(len(scored), -1, -1)).cpu().numpy()
+            values = torch.sigmoid(torch.from_numpy(logits)).numpy()
             for row, position in enumerate(starting):
                 index = indices[position]
                 scores = np.full(self.lattice.outside + 1, -np.inf)
                 if explore[row]:
-                    scores[self.rng.choice(self.lattice.finals)] = 1.0
+                    scores[self.exploring_target(logits[row])] = 1.0
                 else:
                     scores[self.lattice.finals] = values[row]
                 self.frames[index], self.scores[index] = frames[row], scores
@@ -247,6 +256,14 @@ class PosePolicy:
             self.episodes.moved(index, action)
             actions.append(action)
         return actions
+
+    def exploring_target(self, logits: np.ndarray) -> int:
+        """The lattice index of the final pose an exploring episode heads for, given the logits of the final poses
+        (`lattice.finals`' order; unused by "uniform")."""
+        if self.exploration == "uniform":
+            return int(self.rng.choice(self.lattice.finals))
+        odds = np.exp(logits - logits.max())
+        return int(self.rng.choices(self.lattice.finals, weights=odds)[0])
 
     def past_horizon(self, index: int) -> np.ndarray:
         """Move values once the grasp is overdue: the score of the pose each move leads to (an exploring
@@ -372,12 +389,13 @@ class PoseAgent:
         learning_starts: int,
         refit_every: int = 0,
         refit_epochs: int = 10,
+        exploration: str = "uniform",
     ) -> None:
         self.net = GraspNet(observation.size, observation.rgb, observation.height).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.memory = EpisodeMemory(capacity, observation.frame_shape, device, seed)
         self.lattice = PoseLattice()
-        self.policy = PosePolicy(self.net, self.lattice, random.Random(seed))
+        self.policy = PosePolicy(self.net, self.lattice, random.Random(seed), exploration)
         self.batch_size, self.learning_starts = batch_size, learning_starts
         self.refit_every, self.refit_epochs = refit_every, refit_epochs
         self.refit_owed = False
@@ -390,7 +408,8 @@ class PoseAgent:
         return self.net.config
 
     def act(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float) -> list[int]:
-        """Each episode heads for its best predicted final pose, or with probability `epsilon` a random one."""
+        """Each episode heads for its best predicted final pose, or with probability `epsilon` one drawn as the
+        policy's `exploration` says."""
         return self.policy(states, indices, timesteps, epsilon)
 
     def greedy_policy(self) -> PosePolicy:

@@ -52,6 +52,7 @@ def make_agent(
             args.learning_starts,
             args.refit_every,
             args.refit_epochs,
+            args.exploration,
         )
     return DQNAgent(args, observation, n_actions, device, seed)
 

@@ -169,6 +169,22 @@ def test_an_exploring_episode_reaches_a_random_final_pose_and_stays(lattice):
     assert len(targets) > 30, "targets drawn across the final poses"
 
 
+def test_boltzmann_exploration_draws_final_poses_in_proportion_to_their_predicted_odds(lattice):
+    policy = PosePolicy(GraspNet(48, rgb=False), lattice, random.Random(2), exploration="boltzmann")
+    logits = np.full(len(lattice.finals), -2.0, dtype=np.float32)
+    logits[:4] = [3.0, 3.0, 2.0, 2.0]  # odds e^5 and e^4 times the rest's
+    draws = [policy.exploring_target(logits) for _ in range(4000)]
+    counts = {index: draws.count(index) for index in lattice.finals[:4]}
+    weights = np.exp(logits - logits.max())
+    expected = 4000 * weights[:4] / weights.sum()
+    assert np.allclose(list(counts.values()), expected, rtol=0.15), (counts, expected)
+    assert set(draws) - set(lattice.finals[:4]), "every final pose keeps a chance"
+    uniform = PosePolicy(GraspNet(48, rgb=False), lattice, random.Random(2))
+    assert sum(uniform.exploring_target(logits) in lattice.finals[:4] for _ in range(4000)) < 100
+    with pytest.raises(ValueError, match="not one of"):
+        PosePolicy(GraspNet(48, rgb=False), lattice, exploration="greedy")
+
+
 def test_episode_memory_keeps_the_last_episodes_and_resumes(tmp_path):
     memory = EpisodeMemory(3, (2, 4, 4), seed=0)
     for i in range(5):
@@ -279,8 +295,8 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "num_envs,learning",
-    [(1, ()), (2, ("--refit-every", "2", "--refit-epochs", "2", "--height"))],
-    ids=["1-online", "2-refits-height"],
+    [(1, ("--exploration", "boltzmann")), (2, ("--refit-every", "2", "--refit-epochs", "2", "--height"))],
+    ids=["1-online-boltzmann", "2-refits-height"],
 )
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
     height = "--height" in learning
@@ -304,6 +320,7 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
     assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True, "height": height}
     assert "target_net_state_dict" not in state, "the pose agent has no target network"
+    assert state["hyperparameters"]["exploration"] == ("boltzmann" if "boltzmann" in learning else "uniform")
     assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3 + height, 48, 48)
     if height:  # the tray's floor, 6 mm above FLOOR_Z (9 as sampled at 48x48), fills much of the height channel
         floor = (state["replay_memory"]["frames"][:, 3].int() - 6).abs() <= 4
@@ -329,7 +346,7 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert state["episode"] == 5 and len(state["replay_memory"]["rewards"]) == 5
     scalars, _ = read_events(workdir / "runs" / "pose")
     assert [step for step, _ in scalars["epsilon"]] == list(range(5))
-    if learning:  # refits after episodes 1 and 3, the second one's by the resumed run
+    if "--refit-every" in learning:  # refits after episodes 1 and 3, the second one's by the resumed run
         assert [step for step, _ in scalars["loss"]] == [1, 3]
     else:
         assert "loss" in scalars
