@@ -375,6 +375,47 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
+def test_the_pose_agent_trains_resumes_and_evaluates_on_cuda(workdir):
+    """Refits, the episode memory and both explorations on the GPU; the checkpoint then scores alike on the CPU."""
+    cuda = [*TINY[: TINY.index("--device")], *TINY[TINY.index("--device") + 2 :], "--device", "cuda"]
+    learning = ("--refit-every", "2", "--refit-epochs", "2", "--height", "--exploration", "boltzmann")
+    for episodes, resume in (("3", ()), ("5", ("--resume",))):
+        result = run_script(
+            "train",
+            "--agent",
+            "pose",
+            "--rgb",
+            "--episodes",
+            episodes,
+            "--num-envs",
+            "2",
+            *cuda,
+            *learning,
+            *resume,
+            cwd=workdir,
+        )
+        assert result.returncode == 0, result.stderr
+    state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
+    assert state["episode"] == 5 and len(state["replay_memory"]["rewards"]) == 5
+    nets = {}
+    for device in ("cpu", "cuda"):
+        nets[device] = GraspNet.from_config(state["config"]).to(device).eval()
+        nets[device].load_state_dict(state["policy_net_state_dict"])
+    frames = state["replay_memory"]["frames"][:2].float() / 255
+    poses = state["replay_memory"]["poses"][:2, None]
+    with torch.no_grad():
+        on_cpu, on_cuda = nets["cpu"](frames, poses), nets["cuda"](frames.cuda(), poses.cuda()).cpu()
+    assert torch.allclose(on_cpu, on_cuda, atol=1e-4), (on_cpu, on_cuda)
+    result = run_script(
+        "eval", "--checkpoint", "policy_dqn.resume.pt", "--episodes", "2", "--max-steps", "3", "--num-envs", "2",
+        "--device", "cuda", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "Success rate: 0/2" in result.stdout
+
+
+@pytest.mark.slow
 def test_a_sigterm_during_a_refit_stops_the_run_at_once_with_its_state_saved(workdir):
     """A refit of 100,000 passes would take hours: the run must stop within seconds of the signal, keep the network
     the refit started from, and leave the refit to the resumed run."""
