@@ -1,0 +1,102 @@
+"""Learning-side ideas for the pose agent, screened on a run's own replay: refit each variant on the episodes the
+run saved and play it greedily on the benchmark's test scenes.
+
+    python benchmarks/research/replay_screen.py pose-height plain mirror ensemble3 --eval-episodes 100
+
+The run is a configuration of benchmarks/learning.py (its resumable state holds the replay). Variants:
+  plain:      one refit, as the agent refits (fresh weights, 10 passes, batches of 32, Adam at 1e-3);
+  mirror:     the same with --mirror (half of each batch mirrored);
+  ensembleK:  K plain refits of seeds SEED .. SEED + K - 1, their logits averaged;
+  passesN:    one refit of N passes.
+Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
+workers), as learning.py plays them. Appends to benchmarks/results/replay-screen/screen.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+import time
+from typing import cast
+
+import torch
+import torch.nn as nn
+
+from benchmarks.learning import ROOT
+from common import Observation, seed_everything
+from grasping.checkpoints import load_checkpoint, resume_path
+from grasping.cli import OneLineArgumentParser, positive_int
+from grasping.evaluation import play_in_parallel
+from grasping.pool import open_pool
+from grasping.pose_agent import GraspNet, PoseAgent, PoseLattice, PosePolicy, pose_config
+from grasping.stats import success_rate
+
+
+class Ensemble(nn.Module):
+    """Networks of the same inputs, their logits averaged: GraspNet's forward, which is all PosePolicy calls."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(frames, poses) for net in self.nets]).mean(dim=0)
+
+
+def refit(state: dict, observation: Observation, seed: int, passes: int = 10, mirror: bool = False) -> nn.Module:
+    """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it."""
+    memory = state["replay_memory"]
+    agent = PoseAgent(observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes)
+    agent.mirror = mirror
+    agent.memory.load_state_dict(memory)
+    torch.manual_seed(seed)
+    agent.refit()
+    return agent.net.eval()
+
+
+def variant_net(name: str, state: dict, observation: Observation, seed: int) -> nn.Module:
+    if name in ("plain", "mirror"):
+        return refit(state, observation, seed, mirror=name == "mirror")
+    if match := re.fullmatch(r"ensemble(\d+)", name):
+        return Ensemble([refit(state, observation, seed + k) for k in range(int(match[1]))]).eval()
+    if match := re.fullmatch(r"passes(\d+)", name):
+        return refit(state, observation, seed, passes=int(match[1]))
+    raise SystemExit(f"error: variant {name!r}: not plain, mirror, ensembleK or passesN")
+
+
+def main(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a configuration's folder under benchmarks/results")
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--eval-episodes", type=positive_int, default=100, help="greedy test scenes per variant")
+    parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the test scenes (the benchmark's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the refits' weights and order")
+    args = parser.parse_args(argv)
+    path = resume_path(ROOT / "benchmarks/results" / args.run / "policy_dqn.pt")
+    state = load_checkpoint(path, torch.device("cpu"), ("replay_memory",))
+    config = pose_config(state, path)
+    observation = Observation(config["image_size"], config["rgb"], config["height"])
+    torch.set_num_threads(1)
+    out = ROOT / "benchmarks/results/replay-screen"
+    out.mkdir(exist_ok=True)
+    for name in args.variants:
+        started = time.time()
+        net = variant_net(name, state, observation, args.seed)
+        fitted = time.time() - started
+        policy = PosePolicy(cast(GraspNet, net), PoseLattice())
+        seed_everything(args.eval_seed)
+        with open_pool("local", 2, args.eval_seed, True, 20, observation.camera_size, observation.height) as pool:
+            result = play_in_parallel(pool, observation, policy, args.eval_episodes)
+        successes, episodes = int(sum(result.rewards)), len(result.rewards)
+        print(f"{name}: {state['episode']} episodes, fit {fitted:.0f} s, {success_rate(successes, episodes)}")
+        new = not (out / "screen.csv").exists()
+        with open(out / "screen.csv", "a", newline="") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(["run", "episodes", "variant", "seed", "successes", "eval_episodes", "eval_seed"])
+            writer.writerow([args.run, state["episode"], name, args.seed, successes, episodes, args.eval_seed])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
