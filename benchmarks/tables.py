@@ -133,6 +133,7 @@ def pose_agent_table(results: Path) -> str:
     """The pose agent's evaluations beside the random policy and the scripted reference on the same 200 scenes."""
     refit, online = Configuration.load("pose-refit", results), Configuration.load("pose-online", results)
     height = Configuration.load("pose-height", results)
+    boltzmann = Configuration.load("pose-height-boltzmann", results)
     scripted = Configuration.load("scripted-reference", results).evaluations("scripted")[0]
     rows = [
         ["random policy", "-", successes(refit.random()), "-"],
@@ -141,6 +142,7 @@ def pose_agent_table(results: Path) -> str:
     for configuration, label in (
         (refit, "`pose-refit`: `--preset pose`"),
         (height, "`pose-height`: `--preset pose --height`"),
+        (boltzmann, "`pose-height-boltzmann`: `--preset pose --height --exploration boltzmann`"),
         (online, "`pose-online`: online, `--updates-per-step 0.25`"),
     ):
         for row in configuration.evaluations():
@@ -151,6 +153,11 @@ def pose_agent_table(results: Path) -> str:
 SUMMARY = (
     ("pose-refit", "the pose agent, `--preset pose`"),
     ("pose-height", "the pose agent seeing height, `--preset pose --height`"),
+    (
+        "pose-height-boltzmann",
+        "the pose agent seeing height, exploring by its predicted odds, "
+        "`--preset pose --height --exploration boltzmann`",
+    ),
     ("lecture", "the lecture's DQN, its defaults"),
     ("fast-a", "the lecture's DQN with Double DQN, 3-step returns and random shifts, `--preset double-nstep-dqn`"),
     ("dqn-pose", "that DQN given the pose agent's inputs, `--preset double-nstep-dqn --pose-input`"),
