@@ -67,7 +67,7 @@ DQN_ONLY = (
     "network",
 )
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
-POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "mirror", "height")
+POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height")
 """Flags of the pose agent, refused with --agent dqn."""
 LEARNING_FLAGS = (
     "batch_size",
@@ -88,7 +88,6 @@ LEARNING_FLAGS = (
     "refit_every",
     "refit_epochs",
     "exploration",
-    "mirror",
 )
 """The learning hyperparameters a resumable state records: a resume that changes one is refused unless
 --change-hyperparameters says so. The agent and its network's configuration are checked from the checkpoint;
@@ -302,12 +301,6 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=10,
         help="--agent pose with --refit-every: passes over the memory in each refit",
-    )
-    parser.add_argument(
-        "--mirror",
-        action="store_true",
-        help="--agent pose: learn from each episode's mirror image too, half the time: the frame flipped "
-        "left-right and the pose reflected across the vertical plane the camera looks along",
     )
     parser.add_argument(
         "--exploration",

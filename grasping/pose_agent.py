@@ -107,36 +107,6 @@ def pixel_of(points: np.ndarray, size: int) -> np.ndarray:
     return (grid.numpy() + 1) / 2 * size
 
 
-def mirror_plane() -> tuple[np.ndarray, float]:
-    """The vertical plane the camera looks along, which its image's central column shows: (unit normal (2,) in x, y,
-    offset), the plane being normal . (x, y) + offset = 0. Mirroring the world across it flips the image left-right."""
-    matrix = camera_matrix()
-    normal = matrix[0, :3]  # clip-space x is 0 on the central column; the camera has no roll, so this is horizontal
-    scale = np.linalg.norm(normal[:2])
-    return normal[:2] / scale, float(matrix[0, 3] / scale)
-
-
-def mirrored(frames: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Episodes as their mirror image across `mirror_plane`: frames (B, C, H, W) flipped left-right, and poses
-    (B, P, 3) with (x, y) reflected across the plane and the gripper's angle a turned to -2 b - a, b being the
-    normal's direction (the gripper's fingers lie along pi - a in the world). Every pose's patch in the flipped
-    frame is its own patch flipped, so a grasp's label carries over, physics being the same in a mirror."""
-    normal, offset = (torch.as_tensor(v, dtype=poses.dtype, device=poses.device) for v in mirror_plane())
-    xy = poses[..., :2]
-    reflected = xy - 2 * (xy @ normal + offset)[..., None] * normal
-    angle = -2 * torch.atan2(normal[1], normal[0]) - poses[..., 2:]
-    return frames.flip(-1), torch.cat((reflected, angle), dim=-1)
-
-
-def mirror_at_random(frames: torch.Tensor, poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch with each episode replaced by its mirror image (`mirrored`) with probability 1/2 (torch's global
-    generator): the augmentation of `--mirror`."""
-    flip = torch.rand(len(frames), device=frames.device) < 0.5
-    frames, poses = frames.clone(), poses.clone()
-    frames[flip], poses[flip] = mirrored(frames[flip], poses[flip])
-    return frames, poses
-
-
 class GraspNet(nn.Module):
     """Grasp success logits for final poses: a patch of the first frame around each pose's pixel, and its angle.
 
@@ -384,19 +354,11 @@ class EpisodeMemory:
 
 
 def grasp_loss(
-    net: GraspNet,
-    optimizer: torch.optim.Optimizer,
-    frames: torch.Tensor,
-    poses: torch.Tensor,
-    rewards: torch.Tensor,
-    mirror: bool = False,
+    net: GraspNet, optimizer: torch.optim.Optimizer, frames: torch.Tensor, poses: torch.Tensor, rewards: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One gradient step of binary cross-entropy between the predicted success of each episode's final pose and
-    its reward (the Monte Carlo return, gamma 1), with half the episodes mirrored if `mirror`. Returns (loss, mean
-    predicted success), detached."""
+    its reward (the Monte Carlo return, gamma 1). Returns (loss, mean predicted success), detached."""
     net.train()
-    if mirror:
-        frames, poses = mirror_at_random(frames, poses)
     logits = net(frames, poses)
     loss = F.binary_cross_entropy_with_logits(logits, rewards)
     optimizer.zero_grad()
@@ -428,7 +390,6 @@ class PoseAgent:
         refit_every: int = 0,
         refit_epochs: int = 10,
         exploration: str = "uniform",
-        mirror: bool = False,
     ) -> None:
         self.net = GraspNet(observation.size, observation.rgb, observation.height).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
@@ -436,7 +397,7 @@ class PoseAgent:
         self.lattice = PoseLattice()
         self.policy = PosePolicy(self.net, self.lattice, random.Random(seed), exploration)
         self.batch_size, self.learning_starts = batch_size, learning_starts
-        self.refit_every, self.refit_epochs, self.mirror = refit_every, refit_epochs, mirror
+        self.refit_every, self.refit_epochs = refit_every, refit_epochs
         self.refit_owed = False
         """A refit was due and did not finish (a stop signal interrupted it)."""
         self.gradient_steps = 0
@@ -470,7 +431,7 @@ class PoseAgent:
         if self.refit_every or len(self.memory) < max(self.batch_size, self.learning_starts):
             return None
         self.gradient_steps += 1
-        return grasp_loss(self.net, self.optimizer, *self.memory.sample(self.batch_size), self.mirror)
+        return grasp_loss(self.net, self.optimizer, *self.memory.sample(self.batch_size))
 
     def end_episode(self, i_episode: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """By refits: after every `refit_every`-th episode (once --learning-starts are in memory), refit and return
@@ -498,10 +459,7 @@ class PoseAgent:
                     module.reset_parameters()
             self.optimizer.state.clear()
             for _ in range(self.refit_epochs):
-                results = [
-                    grasp_loss(self.net, self.optimizer, *batch, self.mirror)
-                    for batch in self.memory.epoch(self.batch_size)
-                ]
+                results = [grasp_loss(self.net, self.optimizer, *batch) for batch in self.memory.epoch(self.batch_size)]
                 self.gradient_steps += len(results)
         except BaseException:
             self.net.load_state_dict(before[0])

@@ -53,7 +53,6 @@ def make_agent(
             args.refit_every,
             args.refit_epochs,
             args.exploration,
-            args.mirror,
         )
     return DQNAgent(args, observation, n_actions, device, seed)
 

@@ -19,7 +19,7 @@ from grasping.camera import camera_matrix
 from grasping.checkpoints import checkpoint_config, load_checkpoint
 from grasping.cli import CheckpointError
 from grasping.environment import make_env, quiet_pybullet
-from grasping.kinematics import ANGLE_STEP, START_POSE, angle_features, move, pose_array
+from grasping.kinematics import ANGLE_STEP, START_POSE, move, pose_array
 from grasping.pose_agent import (
     GRASP_AFTER,
     OBJECT_HEIGHT,
@@ -29,8 +29,6 @@ from grasping.pose_agent import (
     PoseLattice,
     PosePolicy,
     grasp_loss,
-    mirror_plane,
-    mirrored,
     pixel_of,
     pose_config,
 )
@@ -187,54 +185,6 @@ def test_boltzmann_exploration_draws_final_poses_in_proportion_to_their_predicte
         PosePolicy(GraspNet(48, rgb=False), lattice, exploration="greedy")
 
 
-def test_a_mirrored_episode_shows_every_pose_its_own_patch_flipped(lattice):
-    """The label-preserving augmentation of --mirror: the patch the network reads for the reflected pose in the
-    flipped frame is the original patch flipped, and mirroring twice gives the episode back."""
-    torch.manual_seed(0)
-    net = GraspNet(96, rgb=True, height=True)
-    frames = torch.rand(3, 4, 96, 96)
-    poses = torch.from_numpy(pose_array([lattice.poses[i] for i in lattice.finals[::50]]))[None].expand(3, -1, -1)
-    flipped, reflected = mirrored(frames, poses)
-    assert torch.equal(flipped, frames.flip(-1))
-    for b in range(3):
-        original = net.patches(frames[b : b + 1].expand(len(poses[b]), -1, -1, -1), poses[b, :, :2])
-        mirror = net.patches(flipped[b : b + 1].expand(len(poses[b]), -1, -1, -1), reflected[b, :, :2])
-        assert torch.allclose(mirror, original.flip(-1), atol=1e-4)
-    columns = pixel_of(np.c_[poses[0, :, :2].numpy(), np.full(len(poses[0]), OBJECT_HEIGHT)], 96)[:, 0]
-    mirror_columns = pixel_of(np.c_[reflected[0, :, :2].numpy(), np.full(len(poses[0]), OBJECT_HEIGHT)], 96)[:, 0]
-    assert np.allclose(columns + mirror_columns, 96, atol=1e-3), "reflected poses show at the mirrored column"
-    back_frames, back = mirrored(flipped, reflected)
-    assert torch.equal(back_frames, frames) and torch.allclose(back[..., :2], poses[..., :2], atol=1e-6)
-    assert torch.allclose(angle_features(back[..., 2]), angle_features(poses[..., 2]), atol=1e-5)
-
-
-def finger_axis(env) -> np.ndarray:
-    """The real gripper's fingers: the unit vector in x, y from the left finger to the right one."""
-    left, right = (np.array(quiet_pybullet().getLinkState(env._kuka.kukaUid, link)[0][:2]) for link in (8, 11))
-    return (right - left) / np.linalg.norm(right - left)
-
-
-@pytest.mark.slow
-def test_the_mirrored_angle_turns_the_real_gripper_into_its_mirror_image():
-    """A mirrored pose's angle puts the real fingers along the reflection of where the original angle put them."""
-    seed_everything(0)
-    env = make_env(is_test=True, max_steps=20, camera_size=48)
-    try:
-        env.reset()
-        normal, _ = mirror_plane()
-        axes = []
-        for angle in (0.3, float(mirrored(torch.zeros(1, 1, 1, 1), torch.tensor([[[0.55, 0.0, 0.3]]]))[1][0, 0, 2])):
-            env._kuka.endEffectorAngle = angle
-            for _ in range(300):
-                env._kuka.applyAction([0, 0, 0, 0, 0.3])
-                quiet_pybullet().stepSimulation()
-            axes.append(finger_axis(env))
-        reflected = axes[0] - 2 * (axes[0] @ normal) * normal
-        assert abs(abs(reflected @ axes[1]) - 1) < 1e-3, (axes, reflected)  # parallel: the fingers are alike
-    finally:
-        env.close()
-
-
 def test_episode_memory_keeps_the_last_episodes_and_resumes(tmp_path):
     memory = EpisodeMemory(3, (2, 4, 4), seed=0)
     for i in range(5):
@@ -345,8 +295,8 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "num_envs,learning",
-    [(1, ("--exploration", "boltzmann")), (2, ("--refit-every", "2", "--refit-epochs", "2", "--height", "--mirror"))],
-    ids=["1-online-boltzmann", "2-refits-height-mirror"],
+    [(1, ("--exploration", "boltzmann")), (2, ("--refit-every", "2", "--refit-epochs", "2", "--height"))],
+    ids=["1-online-boltzmann", "2-refits-height"],
 )
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
     height = "--height" in learning
@@ -371,7 +321,6 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True, "height": height}
     assert "target_net_state_dict" not in state, "the pose agent has no target network"
     assert state["hyperparameters"]["exploration"] == ("boltzmann" if "boltzmann" in learning else "uniform")
-    assert state["hyperparameters"]["mirror"] == ("--mirror" in learning)
     assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3 + height, 48, 48)
     if height:  # the tray's floor, 6 mm above FLOOR_Z (9 as sampled at 48x48), fills much of the height channel
         floor = (state["replay_memory"]["frames"][:, 3].int() - 6).abs() <= 4

@@ -1,11 +1,10 @@
 """Learning-side ideas for the pose agent, screened on a run's own replay: refit each variant on the episodes the
 run saved and play it greedily on the benchmark's test scenes.
 
-    python benchmarks/research/replay_screen.py pose-height plain mirror ensemble3 --eval-episodes 100
+    python benchmarks/research/replay_screen.py pose-height plain ensemble3 --eval-episodes 100
 
 The run is a configuration of benchmarks/learning.py (its resumable state holds the replay). Variants:
   plain:      one refit, as the agent refits (fresh weights, 10 passes, batches of 32, Adam at 1e-3);
-  mirror:     the same with --mirror (half of each batch mirrored);
   ensembleK:  K plain refits of seeds SEED .. SEED + K - 1, their logits averaged;
   passesN:    one refit of N passes.
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
@@ -44,11 +43,10 @@ class Ensemble(nn.Module):
         return torch.stack([net(frames, poses) for net in self.nets]).mean(dim=0)
 
 
-def refit(state: dict, observation: Observation, seed: int, passes: int = 10, mirror: bool = False) -> nn.Module:
+def refit(state: dict, observation: Observation, seed: int, passes: int = 10) -> nn.Module:
     """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it."""
     memory = state["replay_memory"]
     agent = PoseAgent(observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes)
-    agent.mirror = mirror
     agent.memory.load_state_dict(memory)
     torch.manual_seed(seed)
     agent.refit()
@@ -56,13 +54,13 @@ def refit(state: dict, observation: Observation, seed: int, passes: int = 10, mi
 
 
 def variant_net(name: str, state: dict, observation: Observation, seed: int) -> nn.Module:
-    if name in ("plain", "mirror"):
-        return refit(state, observation, seed, mirror=name == "mirror")
+    if name == "plain":
+        return refit(state, observation, seed)
     if match := re.fullmatch(r"ensemble(\d+)", name):
         return Ensemble([refit(state, observation, seed + k) for k in range(int(match[1]))]).eval()
     if match := re.fullmatch(r"passes(\d+)", name):
         return refit(state, observation, seed, passes=int(match[1]))
-    raise SystemExit(f"error: variant {name!r}: not plain, mirror, ensembleK or passesN")
+    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK or passesN")
 
 
 def main(argv: list[str]) -> None:

@@ -16,9 +16,7 @@ passes, batches of 32, Adam at 1e-3), and plays it greedily on the benchmark's t
   rgb:  the agent's GraspNet on the oblique colour frame;
   rgbd: the same with the height image as a fourth channel;
   map:  a 40x40-cell crop of the top-down map (colour and height) centred on the pose and turned by
-        the gripper's angle, flipped at random in training (the gripper's two mirror symmetries);
-  VIEW-mirror (rgb or rgbd): VIEW, trained with half of each batch mirrored across the camera's vertical
-        plane (frame flipped left-right, pose reflected: the agent's --mirror).
+        the gripper's angle, flipped at random in training (the gripper's two mirror symmetries).
 Writes OUT/screen.csv, one row per view: episodes trained on, successes, the 95% interval.
 """
 
@@ -42,7 +40,7 @@ from grasping.camera import MAP_CELL, MAP_X, MAP_Y, heights, topdown_map, unproj
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.environment import camera_with_depth
 from grasping.kinematics import EpisodeTracker, pose_array
-from grasping.pose_agent import GraspNet, PoseLattice, mirror_at_random
+from grasping.pose_agent import GraspNet, PoseLattice
 from grasping.process_pool import ProcessEnvPool
 from grasping.rollouts import Rollouts
 from grasping.stats import success_rate
@@ -145,9 +143,7 @@ def as_float(data: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.T
 
 
 def refit(view: str, data: dict[str, np.ndarray], seed: int, passes: int = 10, batch_size: int = 32) -> nn.Module:
-    """A fresh network of `view` after `passes` over every episode in random order, as the agent refits; a view
-    named "...-mirror" trains on each batch with half its episodes mirrored (`mirror_at_random`)."""
-    view, mirror = view.removesuffix("-mirror"), view.endswith("-mirror")
+    """A fresh network of `view` after `passes` over every episode in random order, as the agent refits."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = make_net(view)
@@ -157,10 +153,7 @@ def refit(view: str, data: dict[str, np.ndarray], seed: int, passes: int = 10, b
         order = rng.permutation(len(data["reward"]))
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            images, poses = image_input(as_float(data, rows), view), torch.from_numpy(data["pose"][rows])[:, None]
-            if mirror:
-                images, poses = mirror_at_random(images, poses)
-            logits = net(images, poses)
+            logits = net(image_input(as_float(data, rows), view), torch.from_numpy(data["pose"][rows])[:, None])
             loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(data["reward"][rows])[:, None])
             optimizer.zero_grad()
             loss.backward()
@@ -267,9 +260,7 @@ def main(argv: list[str]) -> None:
         started = time.time()
         net = refit(view, data, args.refit_seed)
         fitted = time.time() - started
-        rewards, _ = play(
-            args.eval_episodes, args.eval_seed, True, greedy_chooser(net, view.removesuffix("-mirror"), lattice)
-        )
+        rewards, _ = play(args.eval_episodes, args.eval_seed, True, greedy_chooser(net, view, lattice))
         successes = int(sum(rewards))
         line = success_rate(successes, len(rewards))
         print(f"{view}: {len(data['reward'])} episodes, refit {fitted:.0f} s, greedy {line}", flush=True)
