@@ -334,7 +334,8 @@ class ReplayMemory:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take over a `state_dict` saved by a memory of the same capacity and number of streams."""
+        """Take over a `state_dict` saved by a memory of the same capacity and number of streams; its tensors may
+        lie on any device (a resumed run loads its state onto --device)."""
         if tuple(state["frames"].shape) != tuple(self.frames.shape):
             raise ValueError(
                 f"saved for {state['frames'].shape[0]} stream(s) of {state['frames'].shape[1]} slots, "
@@ -342,7 +343,7 @@ class ReplayMemory:
             )
         self.frames.copy_(state["frames"])
         for key in ("actions", "rewards", "dones", "episode_starts", "pushed", "oldest"):
-            getattr(self, key)[...] = state[key].numpy()
+            getattr(self, key)[...] = state[key].cpu().numpy()
         self.rng.bit_generator.state = state["rng"]
         self._last_next_state = [None] * len(self._last_next_state)
 

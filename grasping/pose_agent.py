@@ -338,14 +338,15 @@ class EpisodeMemory:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take over a `state_dict` saved by a memory of the same capacity and frames."""
+        """Take over a `state_dict` saved by a memory of the same capacity and frames; its tensors may lie on any
+        device (a resumed run loads its state onto --device)."""
         if tuple(state["frames"].shape[1:]) != self.frame_shape or len(state["frames"]) > self.capacity:
             raise ValueError(
                 f"saved {len(state['frames'])} episodes of frames {tuple(state['frames'].shape[1:])}, "
                 f"not up to {self.capacity} of {self.frame_shape}"
             )
         self.frames = state["frames"].to(self.device)
-        self.poses, self.rewards = state["poses"].numpy().copy(), state["rewards"].numpy().copy()
+        self.poses, self.rewards = state["poses"].cpu().numpy().copy(), state["rewards"].cpu().numpy().copy()
         self.pushed = int(state["pushed"])
         self.rng.bit_generator.state = state["rng"]
 
