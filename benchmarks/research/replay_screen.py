@@ -6,7 +6,9 @@ run saved and play it greedily on the benchmark's test scenes.
 The run is a configuration of benchmarks/learning.py (its resumable state holds the replay). Variants:
   plain:      one refit, as the agent refits (fresh weights, 10 passes, batches of 32, Adam at 1e-3);
   ensembleK:  K plain refits of seeds SEED .. SEED + K - 1, their logits averaged;
-  passesN:    one refit of N passes.
+  passesN:    one refit of N passes;
+  jitterM:    one plain refit with each batch's final poses moved by up to M mm in x and y (uniform, drawn anew per
+              batch), the labels kept: a translation the gripper's tolerance should forgive.
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
 workers), as learning.py plays them. Appends to benchmarks/results/replay-screen/screen.csv.
 """
@@ -19,6 +21,7 @@ import sys
 import time
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -28,7 +31,7 @@ from grasping.checkpoints import load_checkpoint, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.evaluation import play_in_parallel
 from grasping.pool import open_pool
-from grasping.pose_agent import GraspNet, PoseAgent, PoseLattice, PosePolicy, pose_config
+from grasping.pose_agent import EpisodeMemory, GraspNet, PoseAgent, PoseLattice, PosePolicy, pose_config
 from grasping.stats import success_rate
 
 
@@ -43,10 +46,27 @@ class Ensemble(nn.Module):
         return torch.stack([net(frames, poses) for net in self.nets]).mean(dim=0)
 
 
-def refit(state: dict, observation: Observation, seed: int, passes: int = 10) -> nn.Module:
-    """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it."""
+class JitteredMemory(EpisodeMemory):
+    """The episode memory whose batches have their final poses moved by up to `jitter_mm` in x and y (uniform,
+    drawn anew for every batch), the labels kept."""
+
+    jitter_mm = 0.0
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        frames, poses, rewards = super().rows(rows)
+        shift = (torch.rand(len(poses), 1, 2) * 2 - 1) * self.jitter_mm * 1e-3
+        return frames, torch.cat((poses[..., :2] + shift, poses[..., 2:]), dim=-1), rewards
+
+
+def refit(state: dict, observation: Observation, seed: int, passes: int = 10, jitter_mm: float = 0.0) -> nn.Module:
+    """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it; with `jitter_mm`, each batch's
+    poses moved by up to that many millimetres in x and y."""
     memory = state["replay_memory"]
     agent = PoseAgent(observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes)
+    if jitter_mm:
+        jittered = JitteredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
+        jittered.jitter_mm = jitter_mm
+        agent.memory = jittered
     agent.memory.load_state_dict(memory)
     torch.manual_seed(seed)
     agent.refit()
@@ -60,7 +80,9 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return Ensemble([refit(state, observation, seed + k) for k in range(int(match[1]))]).eval()
     if match := re.fullmatch(r"passes(\d+)", name):
         return refit(state, observation, seed, passes=int(match[1]))
-    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK or passesN")
+    if match := re.fullmatch(r"jitter(\d+)", name):
+        return refit(state, observation, seed, jitter_mm=float(match[1]))
+    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK, passesN or jitterM")
 
 
 def main(argv: list[str]) -> None:
