@@ -252,10 +252,14 @@ class PosePolicy:
         for index, t in zip(indices, timesteps):
             planned = self.lattice.move_values(self.episodes.poses[index], t, self.scores[index])
             values = self.past_horizon(index) if planned is None else planned
-            action = int(np.argmax(values))
+            action = self.choose(values, index, t)
             self.episodes.moved(index, action)
             actions.append(action)
         return actions
+
+    def choose(self, values: np.ndarray, index: int, t: int) -> int:
+        """The action environment `index` takes at timestep `t`, given each action's value: the first of the best."""
+        return int(np.argmax(values))
 
     def exploring_target(self, logits: np.ndarray) -> int:
         """The lattice index of the final pose an exploring episode heads for, given the logits of the final poses

@@ -15,11 +15,12 @@ import pytest
 import torch
 from conftest import ROOT, assert_one_line_error
 
-from benchmarks.research import approach_probe, fixed_scenes, probe, scene_ceiling
+from benchmarks.research import approach_probe, choice_screen, fixed_scenes, probe, scene_ceiling
 from benchmarks.research.input_probe import collect as collect_outcomes
 from common import DQN, preprocess_frame
 from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
 from grasping.environment import make_env
+from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy
 
 RESEARCH = ROOT / "benchmarks" / "research"
 
@@ -252,3 +253,65 @@ def test_scene_ceiling_benchmark_tries_every_scene_and_replays_its_successes(tmp
         "--tries",
         "must be a positive integer",
     )
+
+
+def test_early_moves_reach_the_same_final_pose_moving_in_the_plane_first():
+    lattice = PoseLattice()
+    target = (560, -120, 1)
+    scores = np.full(lattice.outside + 1, -np.inf)
+    scores[lattice.finals] = 0.1
+    scores[lattice.index[target]] = 0.9
+    paths = {}
+    for policy in (PosePolicy(GraspNet(96), lattice), choice_screen.EarlyMoves(GraspNet(96), lattice)):
+        policy.scores[0] = scores
+        policy.episodes.start(0, np.zeros(1))
+        actions = []
+        for t in range(lattice.horizon):
+            action = policy.choose(lattice.move_values(policy.episodes.poses[0], t, scores), 0, t)
+            policy.episodes.moved(0, action)
+            actions.append(action)
+        assert policy.episodes.poses[0] == target
+        paths[type(policy).__name__] = actions
+    assert paths["PosePolicy"][:2] == [0, 0], "the agent stays first"
+    assert paths["EarlyMoves"][-2:] == [0, 0] and 0 not in paths["EarlyMoves"][:5], "moves first, stays last"
+
+
+@pytest.mark.slow
+def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
+    variants = ["argmax", "early", "robust15"]
+    command = [sys.executable, str(RESEARCH / "choice_screen.py"), str(ROOT / "pretrained" / "pose_agent.pt")]
+    arguments = [*variants, "--eval-episodes", "2", "--out", str(tmp_path)]
+    result = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == variants
+    assert "against argmax 0 scenes won and 0 lost" in result.stdout.splitlines()[0]
+    with open(tmp_path / "scenes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["scene"]) for r in rows] == [(v, s) for v in variants for s in ("0", "1")]
+    assert all(float(r["reward"]) in (0.0, 1.0) for r in rows)
+    assert_one_line_error(
+        subprocess.run([*command, "widest", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60),
+        "widest",
+        "not argmax, early, robustM or pessimistM",
+    )
+
+
+@pytest.mark.slow
+def test_failure_probe_gives_each_greedy_episode_one_cause(tmp_path):
+    command = [sys.executable, str(RESEARCH / "failure_probe.py"), str(ROOT / "pretrained" / "pose_agent.pt")]
+    result = subprocess.run(
+        [*command, "--episodes", "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "episodes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["episode"] for r in rows] == ["0", "1", "2"]
+    for row in rows:
+        assert (row["cause"] == "lifted") == (float(row["reward"]) == 1.0)
+        assert row["cause"] in ("lifted", "pushed", "short", "beside", "dropped")
+        assert int(row["steps"]) >= 7, "the grasp comes once the gripper is low, after 7 actions or more"
+        assert float(row["short_mm"]) < 150, "the gripper is in the tray, near the chosen pose"
+    assert (tmp_path / "failures.png").stat().st_size > 0
+    printed = {line.split(":")[0]: int(line.split(": ")[1].split("/")[0]) for line in result.stdout.splitlines()}
+    assert printed == {cause: [r["cause"] for r in rows].count(cause) for cause in printed}
+    assert sum(printed.values()) == 3

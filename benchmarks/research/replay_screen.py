@@ -8,9 +8,14 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   ensembleK:  K plain refits of seeds SEED .. SEED + K - 1, their logits averaged;
   passesN:    one refit of N passes;
   jitterM:    one plain refit with each batch's final poses moved by up to M mm in x and y (uniform, drawn anew per
-              batch), the labels kept: a translation the gripper's tolerance should forgive.
+              batch), the labels kept: a translation the gripper's tolerance should forgive;
+  colour:     one plain refit with each frame's colour channels shuffled and scaled by 0.8-1.2 (anew per frame and
+              batch), the height channel kept: the test objects are other shapes in other colours, and a grasp
+              depends on the shape.
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
-workers), as learning.py plays them. Appends to benchmarks/results/replay-screen/screen.csv.
+workers), as learning.py plays them, or on others (another --eval-seed); the same scenes for every variant, so each
+is also compared scene by scene with the first (scenes won and lost). Appends to
+benchmarks/results/replay-screen/screen.csv.
 """
 
 from __future__ import annotations
@@ -58,11 +63,26 @@ class JitteredMemory(EpisodeMemory):
         return frames, torch.cat((poses[..., :2] + shift, poses[..., 2:]), dim=-1), rewards
 
 
-def refit(state: dict, observation: Observation, seed: int, passes: int = 10, jitter_mm: float = 0.0) -> nn.Module:
+class RecolouredMemory(EpisodeMemory):
+    """The episode memory whose frames have their colour channels shuffled and scaled by 0.8-1.2, anew per frame and
+    batch; a height channel is kept as it is."""
+
+    def rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        frames, poses, rewards = super().rows(rows)
+        order = torch.argsort(torch.rand(len(frames), 3), dim=1)[:, :, None, None].expand(-1, -1, *frames.shape[2:])
+        colours = torch.gather(frames[:, :3], 1, order) * (0.8 + 0.4 * torch.rand(len(frames), 1, 1, 1))
+        return torch.cat((colours.clamp(0, 1), frames[:, 3:]), dim=1), poses, rewards
+
+
+def refit(
+    state: dict, observation: Observation, seed: int, passes: int = 10, jitter_mm: float = 0.0, recolour: bool = False
+) -> nn.Module:
     """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it; with `jitter_mm`, each batch's
-    poses moved by up to that many millimetres in x and y."""
+    poses moved by up to that many millimetres in x and y; with `recolour`, its frames recoloured."""
     memory = state["replay_memory"]
     agent = PoseAgent(observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes)
+    if recolour:
+        agent.memory = RecolouredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
     if jitter_mm:
         jittered = JitteredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
         jittered.jitter_mm = jitter_mm
@@ -80,9 +100,11 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return Ensemble([refit(state, observation, seed + k) for k in range(int(match[1]))]).eval()
     if match := re.fullmatch(r"passes(\d+)", name):
         return refit(state, observation, seed, passes=int(match[1]))
+    if name == "colour":
+        return refit(state, observation, seed, recolour=True)
     if match := re.fullmatch(r"jitter(\d+)", name):
         return refit(state, observation, seed, jitter_mm=float(match[1]))
-    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK, passesN or jitterM")
+    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK, passesN, jitterM or colour")
 
 
 def main(argv: list[str]) -> None:
@@ -100,6 +122,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     out = ROOT / "benchmarks/results/replay-screen"
     out.mkdir(exist_ok=True)
+    outcomes: dict[str, list[float]] = {}
     for name in args.variants:
         started = time.time()
         net = variant_net(name, state, observation, args.seed)
@@ -109,7 +132,14 @@ def main(argv: list[str]) -> None:
         with open_pool("local", 2, args.eval_seed, True, 20, observation.camera_size, observation.height) as pool:
             result = play_in_parallel(pool, observation, policy, args.eval_episodes)
         successes, episodes = int(sum(result.rewards)), len(result.rewards)
-        print(f"{name}: {state['episode']} episodes, fit {fitted:.0f} s, {success_rate(successes, episodes)}")
+        outcomes[name] = result.rewards
+        first = outcomes[args.variants[0]]
+        won, lost = sum(r > f for r, f in zip(result.rewards, first)), sum(r < f for r, f in zip(result.rewards, first))
+        print(
+            f"{name}: {state['episode']} episodes, fit {fitted:.0f} s, {success_rate(successes, episodes)}, "
+            f"against {args.variants[0]} {won} scenes won and {lost} lost",
+            flush=True,
+        )
         new = not (out / "screen.csv").exists()
         with open(out / "screen.csv", "a", newline="") as file:
             writer = csv.writer(file)

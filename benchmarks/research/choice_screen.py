@@ -1,0 +1,143 @@
+"""How greedy play chooses among the final poses, screened on one saved policy: each variant plays the same test
+scenes, and the scenes where two variants differ are counted pair by pair.
+
+    python benchmarks/research/choice_screen.py \
+        benchmarks/results/pose-height-boltzmann-seed3/policies/episode-1000.pt \
+        argmax robust10 robust20 --eval-episodes 200 --eval-seed 2000
+
+Variants (each scores a final pose; greedy play heads for the best score, as `PosePolicy` does):
+  argmax:    the network's predicted success of the pose, as the agent plays;
+  robustM:   its mean predicted success over the pose moved by -M, 0 and +M mm in x and in y (9 poses) and turned by
+             -1/2, 0 and +1/2 of a turn step (x3): the success to expect if the arm lands near the pose, not on it
+             (the commanded pose is not always reached, and a choice on a narrow peak is the one most likely wrong);
+  pessimistM: the lowest predicted success over the same 27 poses;
+  early:     the argmax's final pose, reached by another path: among the moves that keep it in reach, the policy
+             takes a move in the tray's plane first, then a turn, and stays last (the agent stays first, so it
+             moves in the plane last, when the gripper is lowest).
+Appends one row per variant and scene to scenes.csv in --out (benchmarks/results/choice-screen/), and prints each
+variant's successes with the 95% interval and, against the first variant, the scenes won and lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from benchmarks.learning import ROOT
+from common import Observation, seed_everything
+from grasping.checkpoints import load_checkpoint, load_state
+from grasping.cli import OneLineArgumentParser, positive_int
+from grasping.evaluation import play_in_parallel
+from grasping.kinematics import ANGLE_STEP
+from grasping.pool import open_pool
+from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, pose_config
+from grasping.stats import success_rate
+
+ANGLE_OFFSET = ANGLE_STEP / 2
+"""Radians: the angle perturbation of robustM and pessimistM, half the arm's turn step."""
+
+
+class Neighbourhood(nn.Module):
+    """A GraspNet's logits replaced by the logit of the mean (or lowest) predicted success over each pose's
+    neighbours: offsets of `mm` millimetres in x and y and of ANGLE_OFFSET in angle."""
+
+    def __init__(self, net: GraspNet, mm: float, reduce: str) -> None:
+        super().__init__()
+        self.net, self.reduce = net, reduce
+        steps = torch.tensor([-1.0, 0.0, 1.0])
+        grid = torch.stack(torch.meshgrid(steps * mm * 1e-3, steps * mm * 1e-3, steps * ANGLE_OFFSET, indexing="ij"))
+        self.offsets = grid.reshape(3, -1).T  # (27, 3)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        b, p = poses.shape[:2]
+        moved = (poses[:, :, None, :] + self.offsets).reshape(b, p * len(self.offsets), 3)
+        success = torch.sigmoid(self.net(frames, moved)).reshape(b, p, len(self.offsets))
+        value = success.mean(dim=-1) if self.reduce == "mean" else success.min(dim=-1).values
+        return torch.logit(value.clamp(1e-6, 1 - 1e-6))
+
+
+class EarlyMoves(PosePolicy):
+    """Among the best moves, the one that brings the planned final pose nearest (fewest actions left to reach it),
+    and among those a move in the tray's plane before a turn, and a turn before staying."""
+
+    ORDER = (1, 2, 3, 4, 5, 6, 0)
+
+    def choose(self, values: np.ndarray, index: int, t: int) -> int:
+        lattice, pose = self.lattice, self.episodes.poses[index]
+        remaining = lattice.horizon - t - 1
+        if remaining < 0 or pose not in lattice.index:
+            return super().choose(values, index, t)
+        scores = self.scores[index]
+        reachable = lattice.reach[remaining + 1][lattice.index[pose]]
+        target = int(np.argmax(np.where(reachable, scores, -np.inf)))
+        after = lattice.successors[lattice.index[pose]]
+
+        def steps_left(action: int) -> int:
+            return next((k for k in range(remaining + 1) if lattice.reach[k][after[action], target]), remaining + 1)
+
+        best = values.max()
+        tied = [action for action in self.ORDER if values[action] == best]
+        return min(tied, key=steps_left)
+
+
+def variant_net(name: str, net: GraspNet) -> nn.Module:
+    if name in ("argmax", "early"):
+        return net
+    if match := re.fullmatch(r"(robust|pessimist)(\d+)", name):
+        return Neighbourhood(net, float(match[2]), "mean" if match[1] == "robust" else "min").eval()
+    raise SystemExit(f"error: variant {name!r}: not argmax, early, robustM or pessimistM")
+
+
+def main(argv: list[str]) -> None:
+    parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="a pose agent's saved policy")
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--eval-episodes", type=positive_int, default=200, help="greedy test scenes per variant")
+    parser.add_argument("--eval-seed", type=int, default=2000, help="seed of the test scenes")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "choice-screen", help="folder for scenes.csv"
+    )
+    args = parser.parse_args(argv)
+    saved = load_checkpoint(args.checkpoint, torch.device("cpu"), ("policy_net_state_dict",))
+    config = pose_config(saved, args.checkpoint)
+    net = GraspNet.from_config(config)
+    load_state(net, saved, "policy_net_state_dict", args.checkpoint)
+    net.eval()
+    observation = Observation(config["image_size"], config["rgb"], config["height"])
+    torch.set_num_threads(1)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes: dict[str, list[float]] = {}
+    for name in args.variants:
+        started = time.time()
+        policy = (EarlyMoves if name == "early" else PosePolicy)(variant_net(name, net), PoseLattice())  # type: ignore[arg-type]
+        seed_everything(args.eval_seed)
+        with open_pool("local", 2, args.eval_seed, True, 20, observation.camera_size, observation.height) as pool:
+            rewards = play_in_parallel(pool, observation, policy, args.eval_episodes).rewards
+        outcomes[name] = rewards
+        first = outcomes[args.variants[0]]
+        won = sum(r > f for r, f in zip(rewards, first))
+        lost = sum(r < f for r, f in zip(rewards, first))
+        print(
+            f"{name}: {success_rate(int(sum(rewards)), len(rewards))}, against {args.variants[0]} "
+            f"{won} scenes won and {lost} lost ({time.time() - started:.0f} s)",
+            flush=True,
+        )
+        new = not (out / "scenes.csv").exists()
+        with open(out / "scenes.csv", "a", newline="") as file:
+            writer = csv.writer(file)
+            if new:
+                writer.writerow(["checkpoint", "variant", "eval_seed", "scene", "reward"])
+            checkpoint = args.checkpoint.as_posix()
+            writer.writerows([checkpoint, name, args.eval_seed, i, r] for i, r in enumerate(rewards))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
