@@ -267,7 +267,9 @@ def test_early_moves_reach_the_same_final_pose_moving_in_the_plane_first():
         policy.episodes.start(0, np.zeros(1))
         actions = []
         for t in range(lattice.horizon):
-            action = policy.choose(lattice.move_values(policy.episodes.poses[0], t, scores), 0, t)
+            values = lattice.move_values(policy.episodes.poses[0], t, scores)
+            assert values is not None
+            action = policy.choose(values, 0, t)
             policy.episodes.moved(0, action)
             actions.append(action)
         assert policy.episodes.poses[0] == target
