@@ -18,7 +18,7 @@ from grasping.checkpoints import load_checkpoint, load_state, observation_of
 from grasping.dqn import DQNPolicy
 from grasping.environment import make_env, render_scene
 from grasping.pool import EnvPool, in_process, open_pool
-from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, agent_config
+from grasping.pose_agent import PoseLattice, PosePolicy, agent_config, saved_grasp_net
 from grasping.recording import EpisodeRecorder
 from grasping.rollouts import Policy, Rollouts
 from grasping.stats import success_rate, wilson_interval
@@ -69,9 +69,7 @@ def greedy_policy(checkpoint: dict[str, Any], path: Path, n_actions: int, device
     """The greedy policy of a checkpoint of either agent, rebuilt from the file alone."""
     agent, config = agent_config(checkpoint, path)
     if agent == "pose":
-        grasp_net = GraspNet.from_config(config).to(device)
-        load_state(grasp_net, checkpoint, "policy_net_state_dict", path)
-        return PosePolicy(grasp_net, PoseLattice())
+        return PosePolicy(saved_grasp_net(checkpoint, path, device), PoseLattice())
     policy_net = DQN.from_config(config, n_actions).to(device)
     load_state(policy_net, checkpoint, "policy_net_state_dict", path)
     return DQNPolicy(policy_net, n_actions)

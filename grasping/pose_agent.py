@@ -184,6 +184,14 @@ def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
     return dict(saved)
 
 
+def saved_grasp_net(checkpoint: dict[str, Any], path: Path, device: torch.device | str = "cpu") -> GraspNet:
+    """The grasp network a pose agent's checkpoint holds, rebuilt from the file alone on `device`; a DQN checkpoint
+    or a malformed one is refused (CheckpointError)."""
+    net = GraspNet.from_config(pose_config(checkpoint, path)).to(device)
+    load_state(net, checkpoint, "policy_net_state_dict", path)
+    return net
+
+
 def agent_config(checkpoint: dict[str, Any], path: Any) -> tuple[str, dict[str, Any]]:
     """Which agent a checkpoint holds ("dqn" or "pose") and its network configuration, checked as that agent's."""
     agent = checkpoint_agent(checkpoint)

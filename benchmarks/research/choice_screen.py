@@ -32,12 +32,12 @@ import torch.nn as nn
 
 from benchmarks.learning import ROOT
 from common import Observation, seed_everything
-from grasping.checkpoints import load_checkpoint, load_state
+from grasping.checkpoints import load_checkpoint, observation_of
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.evaluation import play_in_parallel
 from grasping.kinematics import ANGLE_STEP
 from grasping.pool import open_pool
-from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, pose_config
+from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, saved_grasp_net
 from grasping.stats import success_rate
 
 ANGLE_OFFSET = ANGLE_STEP / 2
@@ -95,6 +95,19 @@ def variant_net(name: str, net: GraspNet) -> nn.Module:
     raise SystemExit(f"error: variant {name!r}: not argmax, early, robustM or pessimistM")
 
 
+def play_test_scenes(policy: PosePolicy, observation: Observation, episodes: int, seed: int) -> list[float]:
+    """The rewards of `policy`'s greedy episodes on the test scenes a seed fixes, in scene order (2 workers, as
+    learning.py plays them)."""
+    seed_everything(seed)
+    with open_pool("local", 2, seed, True, 20, observation.camera_size, observation.height) as pool:
+        return play_in_parallel(pool, observation, policy, episodes).rewards
+
+
+def scenes_won_lost(rewards: list[float], against: list[float]) -> tuple[int, int]:
+    """In how many of the same scenes `rewards` lifted an object where `against` did not, and the other way."""
+    return sum(r > a for r, a in zip(rewards, against)), sum(r < a for r, a in zip(rewards, against))
+
+
 def main(argv: list[str]) -> None:
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="a pose agent's saved policy")
@@ -106,11 +119,8 @@ def main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     saved = load_checkpoint(args.checkpoint, torch.device("cpu"), ("policy_net_state_dict",))
-    config = pose_config(saved, args.checkpoint)
-    net = GraspNet.from_config(config)
-    load_state(net, saved, "policy_net_state_dict", args.checkpoint)
-    net.eval()
-    observation = Observation(config["image_size"], config["rgb"], config["height"])
+    net = saved_grasp_net(saved, args.checkpoint).eval()
+    observation = observation_of(net.config)
     torch.set_num_threads(1)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -118,13 +128,9 @@ def main(argv: list[str]) -> None:
     for name in args.variants:
         started = time.time()
         policy = (EarlyMoves if name == "early" else PosePolicy)(variant_net(name, net), PoseLattice())  # type: ignore[arg-type]
-        seed_everything(args.eval_seed)
-        with open_pool("local", 2, args.eval_seed, True, 20, observation.camera_size, observation.height) as pool:
-            rewards = play_in_parallel(pool, observation, policy, args.eval_episodes).rewards
+        rewards = play_test_scenes(policy, observation, args.eval_episodes, args.eval_seed)
         outcomes[name] = rewards
-        first = outcomes[args.variants[0]]
-        won = sum(r > f for r, f in zip(rewards, first))
-        lost = sum(r < f for r, f in zip(rewards, first))
+        won, lost = scenes_won_lost(rewards, outcomes[args.variants[0]])
         print(
             f"{name}: {success_rate(int(sum(rewards)), len(rewards))}, against {args.variants[0]} "
             f"{won} scenes won and {lost} lost ({time.time() - started:.0f} s)",

@@ -30,11 +30,11 @@ import torch
 from matplotlib.figure import Figure
 
 from benchmarks.learning import ROOT
-from common import FrameStack, Observation, seed_everything
-from grasping.checkpoints import load_checkpoint, load_state
+from common import FrameStack, seed_everything
+from grasping.checkpoints import load_checkpoint, observation_of
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.environment import make_env, render_scene
-from grasping.pose_agent import OBJECT_HEIGHT, GraspNet, PoseLattice, PosePolicy, pixel_of, pose_config
+from grasping.pose_agent import OBJECT_HEIGHT, PoseLattice, PosePolicy, pixel_of, saved_grasp_net
 
 PUSHED_MM, SHORT_MM, BESIDE_MM = 10.0, 20.0, 30.0
 VIEW_SIZE = 192
@@ -70,10 +70,8 @@ def main(argv: list[str]) -> None:
     )
     args = parser.parse_args(argv)
     saved = load_checkpoint(args.checkpoint, torch.device("cpu"), ("policy_net_state_dict",))
-    config = pose_config(saved, args.checkpoint)
-    net = GraspNet.from_config(config)
-    load_state(net, saved, "policy_net_state_dict", args.checkpoint)
-    observation = Observation(config["image_size"], config["rgb"], config["height"])
+    net = saved_grasp_net(saved, args.checkpoint).eval()
+    observation = observation_of(net.config)
     torch.set_num_threads(1)
     seed_everything(args.seed)
     env = make_env(True, 20, False, observation.camera_size, observation.height)
@@ -81,7 +79,7 @@ def main(argv: list[str]) -> None:
     moment = GraspMoment(module.p, env)
     module.p = moment
     lattice = PoseLattice()
-    policy = PosePolicy(net.eval(), lattice)
+    policy = PosePolicy(net, lattice)
     rows: list[dict[str, Any]] = []
     failures: list[tuple[int, np.ndarray, np.ndarray, str]] = []
     for episode in range(args.episodes):

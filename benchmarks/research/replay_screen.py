@@ -31,11 +31,10 @@ import torch
 import torch.nn as nn
 
 from benchmarks.learning import ROOT
-from common import Observation, seed_everything
-from grasping.checkpoints import load_checkpoint, resume_path
+from benchmarks.research.choice_screen import play_test_scenes, scenes_won_lost
+from common import Observation
+from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
-from grasping.evaluation import play_in_parallel
-from grasping.pool import open_pool
 from grasping.pose_agent import EpisodeMemory, GraspNet, PoseAgent, PoseLattice, PosePolicy, pose_config
 from grasping.stats import success_rate
 
@@ -118,7 +117,7 @@ def main(argv: list[str]) -> None:
     path = resume_path(ROOT / "benchmarks/results" / args.run / "policy_dqn.pt")
     state = load_checkpoint(path, torch.device("cpu"), ("replay_memory",))
     config = pose_config(state, path)
-    observation = Observation(config["image_size"], config["rgb"], config["height"])
+    observation = observation_of(config)
     torch.set_num_threads(1)
     out = ROOT / "benchmarks/results/replay-screen"
     out.mkdir(exist_ok=True)
@@ -128,13 +127,10 @@ def main(argv: list[str]) -> None:
         net = variant_net(name, state, observation, args.seed)
         fitted = time.time() - started
         policy = PosePolicy(cast(GraspNet, net), PoseLattice())
-        seed_everything(args.eval_seed)
-        with open_pool("local", 2, args.eval_seed, True, 20, observation.camera_size, observation.height) as pool:
-            result = play_in_parallel(pool, observation, policy, args.eval_episodes)
-        successes, episodes = int(sum(result.rewards)), len(result.rewards)
-        outcomes[name] = result.rewards
-        first = outcomes[args.variants[0]]
-        won, lost = sum(r > f for r, f in zip(result.rewards, first)), sum(r < f for r, f in zip(result.rewards, first))
+        rewards = play_test_scenes(policy, observation, args.eval_episodes, args.eval_seed)
+        successes, episodes = int(sum(rewards)), len(rewards)
+        outcomes[name] = rewards
+        won, lost = scenes_won_lost(rewards, outcomes[args.variants[0]])
         print(
             f"{name}: {state['episode']} episodes, fit {fitted:.0f} s, {success_rate(successes, episodes)}, "
             f"against {args.variants[0]} {won} scenes won and {lost} lost",
