@@ -20,7 +20,7 @@ from grasping.cli import (
     probability,
     seed_int,
 )
-from grasping.pose_agent import EXPLORATIONS
+from grasping.pose_agent import EXPLORATIONS, MAX_PATCH_SCALES
 from grasping.runlog import SOLVE_AFTER_EPISODE
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -67,7 +67,7 @@ DQN_ONLY = (
     "network",
 )
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
-POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height")
+POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height", "patch_scales")
 """Flags of the pose agent, refused with --agent dqn."""
 LEARNING_FLAGS = (
     "batch_size",
@@ -239,6 +239,16 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="--agent pose: add a channel to each frame, the height of what each pixel shows (the same camera's "
         "depth buffer, in millimetres above the tray's floor); the checkpoint records it",
+    )
+    parser.add_argument(
+        "--patch-scales",
+        type=int,
+        choices=range(1, MAX_PATCH_SCALES + 1),
+        default=1,
+        metavar=f"{{1-{MAX_PATCH_SCALES}}}",
+        help="--agent pose: the patches the grasp network sees around each pose: 1, the pose's own patch, or K, "
+        "that patch and K - 1 others of as many samples, 2, 4, ... times as wide (the clutter around the pose); "
+        "the checkpoint records it",
     )
     parser.add_argument(
         "--network",

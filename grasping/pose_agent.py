@@ -40,11 +40,13 @@ OBJECT_HEIGHT = -0.15
 """z in metres of the objects resting in the tray, where a pose is projected into the camera image."""
 PATCH_FRACTION = 3
 """A pose's patch is a 1/PATCH_FRACTION of the frame's side wide: 32 pixels at 96x96."""
+MAX_PATCH_SCALES = 4
+"""The most patches a GraspNet stacks: the widest is then 8 times the patch, beyond the frame on most sides."""
 EXPLORATIONS = ("uniform", "boltzmann")
 """How an exploring episode draws the final pose it heads for (`PosePolicy`)."""
-POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False}
+POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False, "patch_scales": 1}
 """The pose agent as a checkpoint's `config` records it, with the pose preset's frames (a checkpoint saved before
-the height channel existed has no "height": it is read as False)."""
+the height channel or the wider patches existed has no "height" or "patch_scales": they are read as here)."""
 
 
 class PoseLattice:
@@ -112,12 +114,14 @@ class GraspNet(nn.Module):
 
     The frame is grayscale or RGB, with or without the height channel (`Observation`). The patch (1/PATCH_FRACTION
     of the frame's side, sampled bilinearly, so sub-pixel poses are kept apart) goes through three convolutions;
-    the angle enters as (sin 2a, cos 2a), since the two-finger gripper is the same turned by half a turn.
+    the angle enters as (sin 2a, cos 2a), since the two-finger gripper is the same turned by half a turn. With
+    `patch_scales` K above 1, K - 1 more patches of the same number of samples, 2, 4, ... 2^(K-1) times as wide and
+    centred alike, join it as more channels: the clutter around the pose, which the descending gripper meets.
     """
 
-    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False) -> None:
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False, patch_scales: int = 1) -> None:
         super().__init__()
-        self.image_size, self.rgb, self.height = image_size, rgb, height
+        self.image_size, self.rgb, self.height, self.patch_scales = image_size, rgb, height, patch_scales
         self.patch = image_size // PATCH_FRACTION
         self.camera: torch.Tensor
         self.offsets: torch.Tensor
@@ -126,17 +130,19 @@ class GraspNet(nn.Module):
         self.register_buffer(
             "offsets", torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1), persistent=False
         )
-        self.conv1 = nn.Conv2d((3 if rgb else 1) + height, 32, kernel_size=5, padding=2)
+        self.conv1 = nn.Conv2d(((3 if rgb else 1) + height) * patch_scales, 32, kernel_size=5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
         self.linear = nn.Linear(64 * (self.patch // 8) ** 2 + 2, 256)
         self.head = nn.Linear(256, 1)
 
     def patches(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Float frames (B, C, H, W) and one (x, y) each (B, 2) -> the patches around them (B, C, patch, patch)."""
+        """Float frames (B, C, H, W) and one (x, y) each (B, 2) -> the patches around them at each scale, the
+        narrowest first (B, C * patch_scales, patch, patch); beyond the frame's edge they read 0."""
         points = torch.cat((positions, torch.full_like(positions[:, :1], OBJECT_HEIGHT)), dim=-1)
-        grid = image_coordinates(points, self.camera)[:, None, None, :] + self.offsets  # (B, patch, patch, 2)
-        return F.grid_sample(frames, grid, align_corners=False)
+        centres = image_coordinates(points, self.camera)[:, None, None, :]
+        grids = [centres + 2**k * self.offsets for k in range(self.patch_scales)]  # each (B, patch, patch, 2)
+        return torch.cat([F.grid_sample(frames, grid, align_corners=False) for grid in grids], dim=1)
 
     def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         """Float frames (B, C, H, W) in [0, 1] and poses (B, P, 3) as `pose_array` gives them -> logits (B, P).
@@ -159,11 +165,17 @@ class GraspNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """What a checkpoint records so that `GraspNet.from_config` rebuilds this network from the file alone."""
-        return {"agent": "pose", "image_size": self.image_size, "rgb": self.rgb, "height": self.height}
+        return {
+            "agent": "pose",
+            "image_size": self.image_size,
+            "rgb": self.rgb,
+            "height": self.height,
+            "patch_scales": self.patch_scales,
+        }
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> GraspNet:
-        return GraspNet(config["image_size"], config["rgb"], config["height"])
+        return GraspNet(config["image_size"], config["rgb"], config["height"], config["patch_scales"])
 
 
 def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
@@ -172,13 +184,15 @@ def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
     agent = saved.get("agent", "dqn") if isinstance(saved, dict) else None
     if agent != "pose":
         raise CheckpointError(f"{path}: a checkpoint of the {agent or 'unknown'} agent, not of --agent pose")
-    saved = {"height": False, **saved}
+    saved = {"height": False, "patch_scales": 1, **saved}
     if (
         saved.keys() != POSE_CONFIG.keys()
         or not isinstance(saved["rgb"], bool)
         or not isinstance(saved["height"], bool)
         or type(saved["image_size"]) is not int
         or saved["image_size"] < 8 * PATCH_FRACTION
+        or type(saved["patch_scales"]) is not int
+        or not 1 <= saved["patch_scales"] <= MAX_PATCH_SCALES
     ):
         raise CheckpointError(f"{path}: its 'config' is not a pose agent's configuration: {saved!r}")
     return dict(saved)
@@ -403,8 +417,9 @@ class PoseAgent:
         refit_every: int = 0,
         refit_epochs: int = 10,
         exploration: str = "uniform",
+        patch_scales: int = 1,
     ) -> None:
-        self.net = GraspNet(observation.size, observation.rgb, observation.height).to(device)
+        self.net = GraspNet(observation.size, observation.rgb, observation.height, patch_scales).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.memory = EpisodeMemory(capacity, observation.frame_shape, device, seed)
         self.lattice = PoseLattice()

@@ -53,6 +53,7 @@ def make_agent(
             args.refit_every,
             args.refit_epochs,
             args.exploration,
+            args.patch_scales,
         )
     return DQNAgent(args, observation, n_actions, device, seed)
 
@@ -62,7 +63,8 @@ def config_flags(config: dict[str, Any]) -> str:
     if config.get("agent") == "pose":
         colour = "--rgb" if config["rgb"] else "--no-rgb"
         height = " --height" if config.get("height", False) else ""
-        return f"--agent pose --image-size {config['image_size']} {colour}{height}"
+        scales = f" --patch-scales {config['patch_scales']}" if config.get("patch_scales", 1) != 1 else ""
+        return f"--agent pose --image-size {config['image_size']} {colour}{height}{scales}"
     switches = [
         f"--{'' if config[key] else 'no-'}{key.replace('_', '-')}"
         for key in ("timestep_input", "first_frame_input", "pose_input")

@@ -114,6 +114,21 @@ def test_the_camera_is_the_environments_and_projects_onto_what_it_shows():
         env.close()
 
 
+def test_wider_patches_see_the_clutter_around_the_pose_that_the_patch_does_not():
+    narrow, scaled = GraspNet(96, rgb=False), GraspNet(96, rgb=False, patch_scales=3)
+    column, row = pixel_of(np.array([[0.59, 0.12, OBJECT_HEIGHT]]), 96)[0]
+    frame = torch.zeros(1, 1, 96, 96)
+    frame[0, 0, int(row) - 2 : int(row) + 3, int(column) + 22 : int(column) + 27] = 1.0  # 24 pixels right of the pose
+    position = torch.tensor([[0.59, 0.12]])
+    patches = scaled.patches(frame, position)[0]
+    assert patches.shape == (3, 32, 32)
+    assert torch.equal(patches[0], narrow.patches(frame, position)[0, 0]), "the narrowest is the pose's own patch"
+    assert patches[0].max() == 0, "the 32-pixel patch reaches 16 pixels from the pose"
+    for scale, patch in ((2, patches[1]), (4, patches[2])):
+        peak = np.unravel_index(int(patch.argmax()), patch.shape)
+        assert abs(peak[0] - 15.5) <= 1.5 and abs(peak[1] - (15.5 + 24 / scale)) <= 1.5, (scale, peak)
+
+
 def test_a_poses_patch_is_centred_on_its_pixel():
     net = GraspNet(96, rgb=False)
     pose = (590, 120, 0)
@@ -279,14 +294,19 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
         checkpoint_config(pose, "p.pt")
     with pytest.raises(CheckpointError, match="a checkpoint of the dqn agent, not of --agent pose"):
         pose_config({"policy_net_state_dict": {}}, "d.pt")
-    assert pose_config(pose, "p.pt") == {"agent": "pose", "image_size": 48, "rgb": True, "height": False}
+    assert pose_config(pose, "p.pt") == {
+        "agent": "pose", "image_size": 48, "rgb": True, "height": False, "patch_scales": 1
+    }  # fmt: skip
     before_height = {"agent": "pose", "image_size": 96, "rgb": True}  # saved before the height channel existed
-    assert pose_config({"config": before_height}, "old.pt") == {**before_height, "height": False}
+    assert pose_config({"config": before_height}, "old.pt") == {**before_height, "height": False, "patch_scales": 1}
     for bad in (
         {"agent": "pose", "image_size": 20, "rgb": True},
         {"agent": "pose", "rgb": True},
         {"agent": "pose", "image_size": 48, "rgb": "yes"},
         {"agent": "pose", "image_size": 48, "rgb": True, "height": 1},
+        {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 0},
+        {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 5},
+        {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 2.0},
     ):
         with pytest.raises(CheckpointError, match="not a pose agent's configuration"):
             pose_config({"config": bad}, "p.pt")
@@ -295,11 +315,15 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "num_envs,learning",
-    [(1, ("--exploration", "boltzmann")), (2, ("--refit-every", "2", "--refit-epochs", "2", "--height"))],
-    ids=["1-online-boltzmann", "2-refits-height"],
+    [
+        (1, ("--exploration", "boltzmann")),
+        (2, ("--refit-every", "2", "--refit-epochs", "2", "--height", "--patch-scales", "2")),
+    ],
+    ids=["1-online-boltzmann", "2-refits-height-scales"],
 )
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
     height = "--height" in learning
+    scales = 2 if "--patch-scales" in learning else 1
     result = run_script(
         "train",
         "--agent",
@@ -318,13 +342,22 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
-    assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True, "height": height}
+    assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True, "height": height, "patch_scales": scales}
     assert "target_net_state_dict" not in state, "the pose agent has no target network"
     assert state["hyperparameters"]["exploration"] == ("boltzmann" if "boltzmann" in learning else "uniform")
     assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3 + height, 48, 48)
     if height:  # the tray's floor, 6 mm above FLOOR_Z (9 as sampled at 48x48), fills much of the height channel
         floor = (state["replay_memory"]["frames"][:, 3].int() - 6).abs() <= 4
         assert floor.float().mean() > 0.2
+    if scales > 1:  # the network's shape is in the checkpoint: a resume that would build another is refused
+        at = learning.index("--patch-scales")
+        other = [*learning[:at], *learning[at + 2 :]]
+        result = run_script(
+            "train", "--agent", "pose", "--rgb", "--episodes", "5", "--resume", *TINY, *other, cwd=workdir
+        )  # fmt: skip
+        assert_one_line_error(
+            result, "--agent pose --image-size 48 --rgb --height --patch-scales 2; resume it the same"
+        )
 
     result = run_script(
         "train",

@@ -11,7 +11,11 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
               batch), the labels kept: a translation the gripper's tolerance should forgive;
   colour:     one plain refit with each frame's colour channels shuffled and scaled by 0.8-1.2 (anew per frame and
               batch), the height channel kept: the test objects are other shapes in other colours, and a grasp
-              depends on the shape.
+              depends on the shape;
+  wide:       one plain refit of a network twice as wide (convolutions of 64, 128 and 128 channels, 512 hidden);
+  contextK:   one plain refit of a network that also sees 2, 4, ... 2^(K-1) times the patch's width around the pose,
+              each at the patch's number of samples, as more channels: the clutter the descending gripper meets
+              (context: K = 2).
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
 workers), as learning.py plays them, or on others (another --eval-seed); the same scenes for every variant, so each
 is also compared scene by scene with the first (scenes won and lost). Appends to
@@ -35,7 +39,14 @@ from benchmarks.research.choice_screen import play_test_scenes, scenes_won_lost
 from common import Observation
 from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
-from grasping.pose_agent import EpisodeMemory, GraspNet, PoseAgent, PoseLattice, PosePolicy, pose_config
+from grasping.pose_agent import (
+    EpisodeMemory,
+    GraspNet,
+    PoseAgent,
+    PoseLattice,
+    PosePolicy,
+    pose_config,
+)
 from grasping.stats import success_rate
 
 
@@ -73,13 +84,34 @@ class RecolouredMemory(EpisodeMemory):
         return torch.cat((colours.clamp(0, 1), frames[:, 3:]), dim=1), poses, rewards
 
 
+class WideGraspNet(GraspNet):
+    """GraspNet with twice the channels in every layer."""
+
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False) -> None:
+        super().__init__(image_size, rgb, height)
+        self.conv1 = nn.Conv2d(self.conv1.in_channels, 64, kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(64, 128, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(128, 128, kernel_size=3, padding=1)
+        self.linear = nn.Linear(128 * (self.patch // 8) ** 2 + 2, 512)
+        self.head = nn.Linear(512, 1)
+
+
 def refit(
-    state: dict, observation: Observation, seed: int, passes: int = 10, jitter_mm: float = 0.0, recolour: bool = False
+    state: dict,
+    observation: Observation,
+    seed: int,
+    passes: int = 10,
+    jitter_mm: float = 0.0,
+    recolour: bool = False,
+    net: GraspNet | None = None,
 ) -> nn.Module:
     """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it; with `jitter_mm`, each batch's
-    poses moved by up to that many millimetres in x and y; with `recolour`, its frames recoloured."""
+    poses moved by up to that many millimetres in x and y; with `recolour`, its frames recoloured; `net`, another
+    network than the agent's to refit (its weights are drawn afresh)."""
     memory = state["replay_memory"]
     agent = PoseAgent(observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes)
+    if net is not None:
+        agent.net, agent.optimizer = net, torch.optim.Adam(net.parameters(), lr=1e-3)
     if recolour:
         agent.memory = RecolouredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
     if jitter_mm:
@@ -101,9 +133,14 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, passes=int(match[1]))
     if name == "colour":
         return refit(state, observation, seed, recolour=True)
+    if name == "wide":
+        return refit(state, observation, seed, net=WideGraspNet(observation.size, observation.rgb, observation.height))
+    if match := re.fullmatch(r"context(\d*)", name):
+        scales = GraspNet(observation.size, observation.rgb, observation.height, int(match[1] or 2))
+        return refit(state, observation, seed, net=scales)
     if match := re.fullmatch(r"jitter(\d+)", name):
         return refit(state, observation, seed, jitter_mm=float(match[1]))
-    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK, passesN, jitterM or colour")
+    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK, passesN, jitterM, colour, wide or context")
 
 
 def main(argv: list[str]) -> None:
@@ -113,9 +150,22 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--eval-episodes", type=positive_int, default=100, help="greedy test scenes per variant")
     parser.add_argument("--eval-seed", type=int, default=1000, help="seed of the test scenes (the benchmark's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the refits' weights and order")
+    parser.add_argument(
+        "--first",
+        type=positive_int,
+        help="refit on the replay's first FIRST episodes only: the replay as it stood then (the memory keeps the "
+        "order episodes came in until it is full)",
+    )
     args = parser.parse_args(argv)
     path = resume_path(ROOT / "benchmarks/results" / args.run / "policy_dqn.pt")
     state = load_checkpoint(path, torch.device("cpu"), ("replay_memory",))
+    if args.first:
+        memory = state["replay_memory"]
+        if memory["pushed"] > len(memory["rewards"]) or args.first > len(memory["rewards"]):
+            raise SystemExit(f"error: --first {args.first}: the replay of {path} does not hold its first episodes")
+        for key in ("frames", "poses", "rewards"):
+            memory[key] = memory[key][: args.first]
+        memory["pushed"] = state["episode"] = args.first
     config = pose_config(state, path)
     observation = observation_of(config)
     torch.set_num_threads(1)
