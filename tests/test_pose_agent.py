@@ -523,7 +523,13 @@ def test_the_shipped_policy_is_a_pose_agent_the_eval_script_rebuilds(workdir):
     checkpoint = ROOT / "pretrained" / "pose_agent.pt"
     assert (ROOT / "pretrained" / "policy_dqn.pt").read_bytes() == checkpoint.read_bytes(), "the earlier name works"
     state = load_checkpoint(checkpoint, CPU, ("policy_net_state_dict",))
-    assert pose_config(state, checkpoint) == {"agent": "pose", "image_size": 96, "rgb": True, "height": False}
+    assert pose_config(state, checkpoint) == {
+        "agent": "pose",
+        "image_size": 96,
+        "rgb": True,
+        "height": True,
+        "patch_scales": 2,
+    }
     result = run_script("eval", "--checkpoint", str(checkpoint), "--episodes", "1", "--device", "cpu", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and "greedy policy on test objects" in result.stdout
