@@ -64,6 +64,10 @@ class Configuration:
         rows = [row for row in self.rows if row["policy"] == policy and row["objects"] == objects]
         return sorted(rows, key=lambda row: int(row["episode"]))
 
+    def best(self) -> dict:
+        """The greedy test-object evaluation with the most successes (the earliest of equals)."""
+        return max(self.evaluations(), key=lambda row: int(row["successes"]))
+
     def random(self, objects: str = "test") -> dict:
         """The random policy's row on the configuration's scenes."""
         return self.evaluations("random", objects)[0]
@@ -129,12 +133,16 @@ def markdown(header: list[str], rows: list[list[str]], align: str = "") -> str:
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
 
 
+POSE_BEST = "pose-height-boltzmann-scales2"
+"""The pose agent's best configuration: the README's first lines report it, the tables list it."""
+
+
 def pose_agent_table(results: Path) -> str:
     """The pose agent's evaluations beside the random policy and the scripted reference on the same 200 scenes."""
     refit, online = Configuration.load("pose-refit", results), Configuration.load("pose-online", results)
     height = Configuration.load("pose-height", results)
     boltzmann = Configuration.load("pose-height-boltzmann", results)
-    scales = Configuration.load("pose-height-boltzmann-scales2", results)
+    scales = Configuration.load(POSE_BEST, results)
     scripted = Configuration.load("scripted-reference", results).evaluations("scripted")[0]
     rows = [
         ["random policy", "-", successes(refit.random()), "-"],
@@ -144,16 +152,13 @@ def pose_agent_table(results: Path) -> str:
         (refit, "`pose-refit`: `--preset pose`"),
         (height, "`pose-height`: `--preset pose --height`"),
         (boltzmann, "`pose-height-boltzmann`: `--preset pose --height --exploration boltzmann`"),
-        (scales, "`pose-height-boltzmann-scales2`: the same with `--patch-scales 2`"),
+        (scales, f"`{POSE_BEST}`: the same with `--patch-scales 2`"),
         (online, "`pose-online`: online, `--updates-per-step 0.25`"),
     ):
         for row in configuration.evaluations():
             rows.append([label, f"{int(row['episode']):,}", successes(row), minutes(row)])
     return markdown(["policy", "episodes", "test-object successes (95% CI)", "training time"], rows)
 
-
-POSE_BEST = "pose-height-boltzmann-scales2"
-"""The pose agent's best configuration, which the README's first lines report."""
 
 SUMMARY = (
     ("pose-refit", "the pose agent, `--preset pose`"),
@@ -164,7 +169,7 @@ SUMMARY = (
         "`--preset pose --height --exploration boltzmann`",
     ),
     (
-        "pose-height-boltzmann-scales2",
+        POSE_BEST,
         "the same seeing the clutter around each pose too, `--preset pose --height --exploration boltzmann "
         "--patch-scales 2`",
     ),
@@ -207,7 +212,7 @@ def status_lines(results: Path) -> str:
     the random policy's."""
     pose, lecture = Configuration.load(POSE_BEST, results), Configuration.load("lecture", results)
     pose_last, lecture_last = pose.evaluations()[-1], lecture.evaluations()[-1]
-    pose_best = max(pose.evaluations(), key=lambda row: int(row["successes"]))
+    pose_best = pose.best()
     sb3 = Configuration.load("sb3-dqn", results)
     sb3_last = sb3.evaluations()[-1]
     return (
@@ -239,7 +244,7 @@ def dqn_table(results: Path) -> str:
         if configuration.selects_pose_agent or "library" in configuration.settings or not configuration.evaluations():
             continue
         evaluations = configuration.evaluations()
-        best = max(evaluations, key=lambda row: int(row["successes"]))
+        best = configuration.best()
         low, high = wilson_interval(int(best["successes"]), int(best["episodes"]))
         flags = f"`{configuration.flags}`" if configuration.flags else "(the lecture's defaults)"
         rows.append(
