@@ -20,7 +20,8 @@ from benchmarks.research.input_probe import collect as collect_outcomes
 from common import DQN, preprocess_frame
 from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
 from grasping.environment import make_env
-from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy
+from grasping.kinematics import pose_array
+from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, newest_frames
 
 RESEARCH = ROOT / "benchmarks" / "research"
 
@@ -278,9 +279,24 @@ def test_early_moves_reach_the_same_final_pose_moving_in_the_plane_first():
     assert paths["EarlyMoves"][-2:] == [0, 0] and 0 not in paths["EarlyMoves"][:5], "moves first, stays last"
 
 
+def test_replanning_scores_the_final_poses_on_each_newest_frame():
+    torch.manual_seed(0)
+    net, lattice = GraspNet(96, height=True), PoseLattice()
+    policy = choice_screen.Replanning(net, lattice)
+    first, later = (np.random.default_rng(k).integers(0, 256, (2, 1, 4, 96, 96), dtype=np.uint8) for k in (0, 1))
+    policy(first, [0, 1], [0, 0])
+    policy(later, [0, 1], [1, 1])
+    candidates = torch.from_numpy(pose_array([lattice.poses[i] for i in lattice.finals]))
+    with torch.no_grad():
+        expected = torch.sigmoid(net(newest_frames(later), candidates.expand(2, -1, -1))).numpy()
+    for stream in (0, 1):
+        np.testing.assert_allclose(policy.scores[stream][lattice.finals], expected[stream], rtol=1e-5)
+    assert policy.episodes.poses[0] in lattice.index, "it still moves along the lattice"
+
+
 @pytest.mark.slow
 def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
-    variants = ["argmax", "early", "robust15"]
+    variants = ["argmax", "early", "replan", "robust15"]
     command = [sys.executable, str(RESEARCH / "choice_screen.py"), str(ROOT / "pretrained" / "pose_agent.pt")]
     arguments = [*variants, "--eval-episodes", "2", "--out", str(tmp_path)]
     result = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300)
@@ -294,7 +310,7 @@ def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
     assert_one_line_error(
         subprocess.run([*command, "widest", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60),
         "widest",
-        "not argmax, early, robustM or pessimistM",
+        "not argmax, early, replan, robustM or pessimistM",
     )
 
 

@@ -13,7 +13,8 @@ Variants (each scores a final pose; greedy play heads for the best score, as `Po
   pessimistM: the lowest predicted success over the same 27 poses;
   early:     the argmax's final pose, reached by another path: among the moves that keep it in reach, the policy
              takes a move in the tray's plane first, then a turn, and stays last (the agent stays first, so it
-             moves in the plane last, when the gripper is lowest).
+             moves in the plane last, when the gripper is lowest);
+  replan:    the argmax, scored again on every step's newest frame among the final poses still in reach.
 Appends one row per variant and scene to scenes.csv in --out (benchmarks/results/choice-screen/), and prints each
 variant's successes with the 95% interval and, against the first variant, the scenes won and lost.
 """
@@ -31,13 +32,13 @@ import torch
 import torch.nn as nn
 
 from benchmarks.learning import ROOT
-from common import Observation, seed_everything
+from common import Observation, evaluating, seed_everything
 from grasping.checkpoints import load_checkpoint, observation_of
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.evaluation import play_in_parallel
-from grasping.kinematics import ANGLE_STEP
+from grasping.kinematics import ANGLE_STEP, pose_array
 from grasping.pool import open_pool
-from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, saved_grasp_net
+from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, newest_frames, saved_grasp_net
 from grasping.stats import success_rate
 
 ANGLE_OFFSET = ANGLE_STEP / 2
@@ -87,12 +88,29 @@ class EarlyMoves(PosePolicy):
         return min(tied, key=steps_left)
 
 
+class Replanning(PosePolicy):
+    """Greedy play that scores the final poses again on every step's newest frame, not only on the first: the
+    descending arm may have moved the objects since."""
+
+    def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
+        later = [row for row, t in enumerate(timesteps) if 0 < t < self.lattice.horizon]
+        if later:
+            device = next(self.net.parameters()).device
+            frames = newest_frames(states[later]).to(device)
+            candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals])).to(device)
+            with evaluating(self.net):
+                logits = self.net(frames, candidates.expand(len(later), -1, -1))
+            for row, values in zip(later, torch.sigmoid(logits).cpu().numpy()):
+                self.scores[indices[row]][self.lattice.finals] = values
+        return super().__call__(states, indices, timesteps, epsilon)
+
+
 def variant_net(name: str, net: GraspNet) -> nn.Module:
-    if name in ("argmax", "early"):
+    if name in ("argmax", "early", "replan"):
         return net
     if match := re.fullmatch(r"(robust|pessimist)(\d+)", name):
         return Neighbourhood(net, float(match[2]), "mean" if match[1] == "robust" else "min").eval()
-    raise SystemExit(f"error: variant {name!r}: not argmax, early, robustM or pessimistM")
+    raise SystemExit(f"error: variant {name!r}: not argmax, early, replan, robustM or pessimistM")
 
 
 def play_test_scenes(policy: PosePolicy, observation: Observation, episodes: int, seed: int) -> list[float]:
@@ -127,7 +145,8 @@ def main(argv: list[str]) -> None:
     outcomes: dict[str, list[float]] = {}
     for name in args.variants:
         started = time.time()
-        policy = (EarlyMoves if name == "early" else PosePolicy)(variant_net(name, net), PoseLattice())  # type: ignore[arg-type]
+        kind = {"early": EarlyMoves, "replan": Replanning}.get(name, PosePolicy)
+        policy = kind(variant_net(name, net), PoseLattice())  # type: ignore[arg-type]
         rewards = play_test_scenes(policy, observation, args.eval_episodes, args.eval_seed)
         outcomes[name] = rewards
         won, lost = scenes_won_lost(rewards, outcomes[args.variants[0]])
