@@ -4,7 +4,8 @@ run saved and play it greedily on the benchmark's test scenes.
     python benchmarks/research/replay_screen.py pose-height plain ensemble3 --eval-episodes 100
 
 The run is a configuration of benchmarks/learning.py (its resumable state holds the replay). Variants:
-  plain:      one refit, as the agent refits (fresh weights, 10 passes, batches of 32, Adam at 1e-3);
+  plain:      one refit of the run's network, as the agent refits (fresh weights, 10 passes, batches of 32, Adam at
+              1e-3);
   ensembleK:  K plain refits of seeds SEED .. SEED + K - 1, their logits averaged;
   passesN:    one refit of N passes;
   jitterM:    one plain refit with each batch's final poses moved by up to M mm in x and y (uniform, drawn anew per
@@ -15,10 +16,16 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   wide:       one plain refit of a network twice as wide (convolutions of 64, 128 and 128 channels, 512 hidden);
   contextK:   one plain refit of a network that also sees 2, 4, ... 2^(K-1) times the patch's width around the pose,
               each at the patch's number of samples, as more channels: the clutter the descending gripper meets
-              (context: K = 2).
+              (context: K = 2);
+  angles:     one plain refit of the run's network whose convolutions also take the gripper's angle as two constant
+              channels (sin 2a, cos 2a): features of the clutter that depend on how the fingers close;
+  anglefree:  the same refit given every pose at angle 0: what the angle is worth to the network;
+  finecentre: one plain refit of the run's network with one more patch in front of its own, half as wide: the
+              centre sampled twice as finely, between the frame's pixels.
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
 workers), as learning.py plays them, or on others (another --eval-seed); the same scenes for every variant, so each
-is also compared scene by scene with the first (scenes won and lost). Appends to
+is also compared scene by scene with the first (scenes won and lost). With --join, the refits take other runs'
+replays of the same configuration too: what more episodes would give. Appends to
 benchmarks/results/replay-screen/screen.csv.
 """
 
@@ -33,18 +40,22 @@ from typing import cast
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from benchmarks.learning import ROOT
 from benchmarks.research.choice_screen import play_test_scenes, scenes_won_lost
 from common import Observation
 from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
+from grasping.kinematics import angle_features
 from grasping.pose_agent import (
+    OBJECT_HEIGHT,
     EpisodeMemory,
     GraspNet,
     PoseAgent,
     PoseLattice,
     PosePolicy,
+    image_coordinates,
     pose_config,
 )
 from grasping.stats import success_rate
@@ -96,6 +107,51 @@ class WideGraspNet(GraspNet):
         self.head = nn.Linear(512, 1)
 
 
+class AngleChannelsNet(GraspNet):
+    """GraspNet whose convolutions also see the gripper's angle, as two constant channels (sin 2a, cos 2a) beside
+    the patches, so that what they pick out of the clutter can depend on how the fingers will close; each pose then
+    goes through the convolutions on its own."""
+
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False, patch_scales: int = 1) -> None:
+        super().__init__(image_size, rgb, height, patch_scales)
+        self.conv1 = nn.Conv2d(self.conv1.in_channels + 2, 32, kernel_size=5, padding=2)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        b, p = poses.shape[:2]
+        flat = poses.reshape(-1, 3)
+        frame_of = torch.arange(b, device=poses.device).repeat_interleave(p).to(poses.dtype)
+        rows, inverse = torch.unique(torch.cat((frame_of[:, None], flat[:, :2]), dim=1), dim=0, return_inverse=True)
+        angles = angle_features(flat[:, 2])
+        planes = angles[:, :, None, None].expand(-1, -1, self.patch, self.patch)
+        x = torch.cat((self.patches(frames[rows[:, 0].long()], rows[:, 1:])[inverse], planes), dim=1)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        x = torch.cat((x.flatten(start_dim=1), angles), dim=1)
+        return self.head(F.relu(self.linear(x))).reshape(b, p)
+
+
+class FineCentreNet(GraspNet):
+    """GraspNet of the run's patches with one more in front: the same samples half as wide, so that the centre the
+    fingers close on is sampled twice as finely (bilinearly, between the frame's pixels)."""
+
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False, patch_scales: int = 1) -> None:
+        super().__init__(image_size, rgb, height, patch_scales + 1)
+
+    def patches(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        points = torch.cat((positions, torch.full_like(positions[:, :1], OBJECT_HEIGHT)), dim=-1)
+        centres = image_coordinates(points, self.camera)[:, None, None, :]
+        grids = [centres + 2.0 ** (k - 1) * self.offsets for k in range(self.patch_scales)]
+        return torch.cat([F.grid_sample(frames, grid, align_corners=False) for grid in grids], dim=1)
+
+
+class AngleBlindNet(GraspNet):
+    """GraspNet that is given every pose at angle 0: what the network makes of the angle, by its absence."""
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        return super().forward(frames, torch.cat((poses[..., :2], torch.zeros_like(poses[..., 2:])), dim=-1))
+
+
 def refit(
     state: dict,
     observation: Observation,
@@ -105,11 +161,14 @@ def refit(
     recolour: bool = False,
     net: GraspNet | None = None,
 ) -> nn.Module:
-    """A fresh grasp network refit on the run's replay, as `PoseAgent.refit` does it; with `jitter_mm`, each batch's
-    poses moved by up to that many millimetres in x and y; with `recolour`, its frames recoloured; `net`, another
-    network than the agent's to refit (its weights are drawn afresh)."""
+    """A fresh grasp network of the run's configuration refit on its replay, as `PoseAgent.refit` does it; with
+    `jitter_mm`, each batch's poses moved by up to that many millimetres in x and y; with `recolour`, its frames
+    recoloured; `net`, another network than the agent's to refit (its weights are drawn afresh)."""
     memory = state["replay_memory"]
-    agent = PoseAgent(observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes)
+    scales = state["config"].get("patch_scales", 1)
+    agent = PoseAgent(
+        observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes, patch_scales=scales
+    )
     if net is not None:
         agent.net, agent.optimizer = net, torch.optim.Adam(net.parameters(), lr=1e-3)
     if recolour:
@@ -138,9 +197,16 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
     if match := re.fullmatch(r"context(\d*)", name):
         scales = GraspNet(observation.size, observation.rgb, observation.height, int(match[1] or 2))
         return refit(state, observation, seed, net=scales)
+    if name in ("angles", "anglefree", "finecentre"):
+        kind = {"angles": AngleChannelsNet, "anglefree": AngleBlindNet, "finecentre": FineCentreNet}[name]
+        scales = state["config"].get("patch_scales", 1)
+        return refit(state, observation, seed, net=kind(observation.size, observation.rgb, observation.height, scales))
     if match := re.fullmatch(r"jitter(\d+)", name):
         return refit(state, observation, seed, jitter_mm=float(match[1]))
-    raise SystemExit(f"error: variant {name!r}: not plain, ensembleK, passesN, jitterM, colour, wide or context")
+    raise SystemExit(
+        f"error: variant {name!r}: not plain, ensembleK, passesN, jitterM, colour, wide, contextK, angles, "
+        "anglefree or finecentre"
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -156,9 +222,28 @@ def main(argv: list[str]) -> None:
         help="refit on the replay's first FIRST episodes only: the replay as it stood then (the memory keeps the "
         "order episodes came in until it is full)",
     )
+    parser.add_argument(
+        "--join",
+        nargs="+",
+        default=[],
+        metavar="OTHER",
+        help="refit on these runs' replays too (the same configuration): more episodes than one run collects",
+    )
     args = parser.parse_args(argv)
+    if args.first and args.join:
+        parser.error("argument --join: not with --first")
     path = resume_path(ROOT / "benchmarks/results" / args.run / "policy_dqn.pt")
     state = load_checkpoint(path, torch.device("cpu"), ("replay_memory",))
+    for other in args.join:
+        joined = resume_path(ROOT / "benchmarks/results" / other / "policy_dqn.pt")
+        extra = load_checkpoint(joined, torch.device("cpu"), ("replay_memory",))
+        if pose_config(extra, joined) != pose_config(state, path):
+            raise SystemExit(f"error: --join {other}: its configuration is not {args.run}'s")
+        memory = state["replay_memory"]
+        for key in ("frames", "poses", "rewards"):
+            memory[key] = torch.cat((memory[key], extra["replay_memory"][key]))
+        memory["pushed"] = len(memory["rewards"])
+        state["episode"] += extra["episode"]
     if args.first:
         memory = state["replay_memory"]
         if memory["pushed"] > len(memory["rewards"]) or args.first > len(memory["rewards"]):
@@ -191,7 +276,17 @@ def main(argv: list[str]) -> None:
             writer = csv.writer(file)
             if new:
                 writer.writerow(["run", "episodes", "variant", "seed", "successes", "eval_episodes", "eval_seed"])
-            writer.writerow([args.run, state["episode"], name, args.seed, successes, episodes, args.eval_seed])
+            writer.writerow(
+                [
+                    "+".join((args.run, *args.join)),
+                    state["episode"],
+                    name,
+                    args.seed,
+                    successes,
+                    episodes,
+                    args.eval_seed,
+                ]
+            )
 
 
 if __name__ == "__main__":
