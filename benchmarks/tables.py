@@ -135,6 +135,8 @@ def markdown(header: list[str], rows: list[list[str]], align: str = "") -> str:
 
 POSE_BEST = "pose-height-boltzmann-scales2"
 """The pose agent's best configuration: the README's first lines report it, the tables list it."""
+POSE_BEST_SEEDS = (POSE_BEST, f"{POSE_BEST}-seed2", f"{POSE_BEST}-seed3")
+"""POSE_BEST run again with `--seed 2`, `--seed 3`: how far its figures move with the seed alone."""
 
 
 def pose_agent_table(results: Path) -> str:
@@ -158,6 +160,25 @@ def pose_agent_table(results: Path) -> str:
         for row in configuration.evaluations():
             rows.append([label, f"{int(row['episode']):,}", successes(row), minutes(row)])
     return markdown(["policy", "episodes", "test-object successes (95% CI)", "training time"], rows)
+
+
+def seeds_table(results: Path) -> str:
+    """POSE_BEST's seeds side by side: greedy test-object successes after 1,000 episodes, at the best evaluation and
+    at the last, each with its episode and training time."""
+
+    def cell(row: dict | None) -> str:
+        return "-" if row is None else f"{successes(row)} at {int(row['episode']):,} ({minutes(row)})"
+
+    rows = []
+    for name in POSE_BEST_SEEDS:
+        configuration = Configuration.load(name, results)
+        flags = configuration.train_flags
+        seed = flags[flags.index("--seed") + 1] if "--seed" in flags else str(training_parser().get_default("seed"))
+        evaluations = configuration.evaluations()
+        at_1000 = next((row for row in evaluations if int(row["episode"]) == 1000), None)
+        best, last = (configuration.best(), evaluations[-1]) if evaluations else (None, None)
+        rows.append([f"{seed} (`{name}`)", cell(at_1000), cell(best), cell(last)])
+    return markdown(["seed", "after 1,000 episodes", "best evaluation", "last evaluation"], rows)
 
 
 SUMMARY = (
@@ -213,6 +234,10 @@ def status_lines(results: Path) -> str:
     pose, lecture = Configuration.load(POSE_BEST, results), Configuration.load("lecture", results)
     pose_last, lecture_last = pose.evaluations()[-1], lecture.evaluations()[-1]
     pose_best = pose.best()
+    others = [Configuration.load(name, results) for name in POSE_BEST_SEEDS if name != POSE_BEST]
+    others = [other for other in others if other.evaluations()]
+    seeds_best = " and ".join(f"{100 * float(other.best()['rate']):.1f}" for other in others)
+    seeds_last = " and ".join(f"{100 * float(other.evaluations()[-1]['rate']):.1f}" for other in others)
     sb3 = Configuration.load("sb3-dqn", results)
     sb3_last = sb3.evaluations()[-1]
     return (
@@ -220,7 +245,8 @@ def status_lines(results: Path) -> str:
         f"{int(pose_last['episode']):,} training episodes ({minutes(pose_last)} of training; "
         f"{pose.settings['machine']}), and in {successes(pose_best)} at its best evaluation, after "
         f"{int(pose_best['episode']):,} episodes ({minutes(pose_best)}), "
-        f"where the random policy lifts one in {successes(pose.random())}.\n"
+        f"where the random policy lifts one in {successes(pose.random())}. Run again with other seeds, it reaches "
+        f"{seeds_best}% at best and ends at {seeds_last}% ([by seed](docs/pose-agent.md#measured)).\n"
         f"- The lecture's DQN does not beat the random policy at this budget: {successes(lecture_last)} after "
         f"{int(lecture_last['episode']):,} episodes, against {successes(lecture.random())}; no variant of it "
         "measured here did better (see [the DQN's results](docs/dqn.md#measured)), nor did Stable-Baselines3's "
@@ -364,6 +390,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "summary": summary_table,
     "summary-commands": commands,
     "pose-agent": pose_agent_table,
+    "pose-seeds": seeds_table,
     "dqn": dqn_table,
     "throughput-dev": lambda results: throughput_table(results, "throughput-dev"),
     "throughput-h100": lambda results: throughput_table(results, "throughput-h100"),
