@@ -155,12 +155,17 @@ class GraspNet(nn.Module):
         rows, inverse = torch.unique(
             torch.cat((frame_of[:, None], poses.reshape(-1, 3)[:, :2]), dim=1), dim=0, return_inverse=True
         )
-        x = self.patches(frames[rows[:, 0].long()], rows[:, 1:])
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = self.encode(self.patches(frames[rows[:, 0].long()], rows[:, 1:]))
+        x = torch.cat((x[inverse], angle_features(poses[..., 2].reshape(-1))), dim=1)
+        return self.head(F.relu(self.linear(x))).reshape(b, p)
+
+    def encode(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches (N, conv1's channels, patch, patch) -> the convolutions' features, flattened: (N, 64 * (patch/8)^2)
+        for GraspNet's own layers."""
+        x = F.max_pool2d(F.relu(self.conv1(patches)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.max_pool2d(F.relu(self.conv3(x)), 2)
-        x = torch.cat((x.flatten(start_dim=1)[inverse], angle_features(poses[..., 2].reshape(-1))), dim=1)
-        return self.head(F.relu(self.linear(x))).reshape(b, p)
+        return x.flatten(start_dim=1)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -253,11 +258,9 @@ class PosePolicy:
             frames = newest_frames(states[starting]).to(device)
             explore = [self.rng.random() < epsilon for _ in starting]
             scored = [row for row, flag in enumerate(explore) if not flag or self.exploration == "boltzmann"]
-            candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals])).to(device)
             logits = np.zeros((len(starting), len(self.lattice.finals)), dtype=np.float32)
             if scored:
-                with evaluating(self.net):
-                    logits[scored] = self.net(frames[scored], candidates.expand(len(scored), -1, -1)).cpu().numpy()
+                logits[scored] = self.final_logits(frames[scored]).cpu().numpy()
             values = torch.sigmoid(torch.from_numpy(logits)).numpy()
             for row, position in enumerate(starting):
                 index = indices[position]
@@ -278,6 +281,13 @@ class PosePolicy:
             self.episodes.moved(index, action)
             actions.append(action)
         return actions
+
+    def final_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """Float frames (B, C, H, W) on the network's device -> the logits of every candidate final pose
+        (B, len(lattice.finals)), in `lattice.finals`' order."""
+        candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals]))
+        with evaluating(self.net):
+            return self.net(frames, candidates.to(frames.device).expand(len(frames), -1, -1))
 
     def choose(self, values: np.ndarray, index: int, t: int) -> int:
         """The action environment `index` takes at timestep `t`, given each action's value: the first of the best."""

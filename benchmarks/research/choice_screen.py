@@ -32,11 +32,11 @@ import torch
 import torch.nn as nn
 
 from benchmarks.learning import ROOT
-from common import Observation, evaluating, seed_everything
+from common import Observation, seed_everything
 from grasping.checkpoints import load_checkpoint, observation_of
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.evaluation import play_in_parallel
-from grasping.kinematics import ANGLE_STEP, pose_array
+from grasping.kinematics import ANGLE_STEP
 from grasping.pool import open_pool
 from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, newest_frames, saved_grasp_net
 from grasping.stats import success_rate
@@ -96,10 +96,7 @@ class Replanning(PosePolicy):
         later = [row for row, t in enumerate(timesteps) if 0 < t < self.lattice.horizon]
         if later:
             device = next(self.net.parameters()).device
-            frames = newest_frames(states[later]).to(device)
-            candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals])).to(device)
-            with evaluating(self.net):
-                logits = self.net(frames, candidates.expand(len(later), -1, -1))
+            logits = self.final_logits(newest_frames(states[later]).to(device))
             for row, values in zip(later, torch.sigmoid(logits).cpu().numpy()):
                 self.scores[indices[row]][self.lattice.finals] = values
         return super().__call__(states, indices, timesteps, epsilon)

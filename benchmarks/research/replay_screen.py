@@ -49,13 +49,11 @@ from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.kinematics import angle_features
 from grasping.pose_agent import (
-    OBJECT_HEIGHT,
     EpisodeMemory,
     GraspNet,
     PoseAgent,
     PoseLattice,
     PosePolicy,
-    image_coordinates,
     pose_config,
 )
 from grasping.stats import success_rate
@@ -123,11 +121,8 @@ class AngleChannelsNet(GraspNet):
         rows, inverse = torch.unique(torch.cat((frame_of[:, None], flat[:, :2]), dim=1), dim=0, return_inverse=True)
         angles = angle_features(flat[:, 2])
         planes = angles[:, :, None, None].expand(-1, -1, self.patch, self.patch)
-        x = torch.cat((self.patches(frames[rows[:, 0].long()], rows[:, 1:])[inverse], planes), dim=1)
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
-        x = torch.cat((x.flatten(start_dim=1), angles), dim=1)
+        x = self.encode(torch.cat((self.patches(frames[rows[:, 0].long()], rows[:, 1:])[inverse], planes), dim=1))
+        x = torch.cat((x, angles), dim=1)
         return self.head(F.relu(self.linear(x))).reshape(b, p)
 
 
@@ -137,12 +132,7 @@ class FineCentreNet(GraspNet):
 
     def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False, patch_scales: int = 1) -> None:
         super().__init__(image_size, rgb, height, patch_scales + 1)
-
-    def patches(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        points = torch.cat((positions, torch.full_like(positions[:, :1], OBJECT_HEIGHT)), dim=-1)
-        centres = image_coordinates(points, self.camera)[:, None, None, :]
-        grids = [centres + 2.0 ** (k - 1) * self.offsets for k in range(self.patch_scales)]
-        return torch.cat([F.grid_sample(frames, grid, align_corners=False) for grid in grids], dim=1)
+        self.offsets = self.offsets / 2  # GraspNet.patches' scales 1, 2, 4, ... become 1/2, 1, 2, ...
 
 
 class AngleBlindNet(GraspNet):
@@ -165,7 +155,7 @@ def refit(
     `jitter_mm`, each batch's poses moved by up to that many millimetres in x and y; with `recolour`, its frames
     recoloured; `net`, another network than the agent's to refit (its weights are drawn afresh)."""
     memory = state["replay_memory"]
-    scales = state["config"].get("patch_scales", 1)
+    scales = state["config"]["patch_scales"]
     agent = PoseAgent(
         observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes, patch_scales=scales
     )
@@ -199,7 +189,7 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, net=scales)
     if name in ("angles", "anglefree", "finecentre"):
         kind = {"angles": AngleChannelsNet, "anglefree": AngleBlindNet, "finecentre": FineCentreNet}[name]
-        scales = state["config"].get("patch_scales", 1)
+        scales = state["config"]["patch_scales"]
         return refit(state, observation, seed, net=kind(observation.size, observation.rgb, observation.height, scales))
     if match := re.fullmatch(r"jitter(\d+)", name):
         return refit(state, observation, seed, jitter_mm=float(match[1]))
@@ -251,7 +241,7 @@ def main(argv: list[str]) -> None:
         for key in ("frames", "poses", "rewards"):
             memory[key] = memory[key][: args.first]
         memory["pushed"] = state["episode"] = args.first
-    config = pose_config(state, path)
+    config = state["config"] = pose_config(state, path)  # an older checkpoint's config completed: patch_scales 1
     observation = observation_of(config)
     torch.set_num_threads(1)
     out = ROOT / "benchmarks/results/replay-screen"
