@@ -296,13 +296,16 @@ def test_replanning_scores_the_final_poses_on_each_newest_frame():
 
 @pytest.mark.slow
 def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
-    variants = ["argmax", "early", "replan", "robust15"]
-    command = [sys.executable, str(RESEARCH / "choice_screen.py"), str(ROOT / "pretrained" / "pose_agent.pt")]
-    arguments = [*variants, "--eval-episodes", "2", "--out", str(tmp_path)]
+    variants = ["argmax", "early", "replan", "robust15", "ensemble"]
+    policy = str(ROOT / "pretrained" / "pose_agent.pt")
+    command = [sys.executable, str(RESEARCH / "choice_screen.py"), policy]
+    arguments = [*variants, "--eval-episodes", "2", "--out", str(tmp_path), "--with", policy]
     result = subprocess.run([*command, *arguments], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert [line.split(":")[0] for line in result.stdout.splitlines()] == variants
-    assert "against argmax 0 scenes won and 0 lost" in result.stdout.splitlines()[0]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == variants
+    assert "against argmax 0 scenes won and 0 lost" in lines[0]
+    assert "against argmax 0 scenes won and 0 lost" in lines[-1], "a policy averaged with itself plays as it does"
     with open(tmp_path / "scenes.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["variant"], r["scene"]) for r in rows] == [(v, s) for v in variants for s in ("0", "1")]
@@ -310,7 +313,7 @@ def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
     assert_one_line_error(
         subprocess.run([*command, "widest", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60),
         "widest",
-        "not argmax, early, replan, robustM or pessimistM",
+        "not argmax, early, replan, ensemble, robustM or pessimistM",
     )
 
 

@@ -14,7 +14,9 @@ Variants (each scores a final pose; greedy play heads for the best score, as `Po
   early:     the argmax's final pose, reached by another path: among the moves that keep it in reach, the policy
              takes a move in the tray's plane first, then a turn, and stays last (the agent stays first, so it
              moves in the plane last, when the gripper is lowest);
-  replan:    the argmax, scored again on every step's newest frame among the final poses still in reach.
+  replan:    the argmax, scored again on every step's newest frame among the final poses still in reach;
+  ensemble:  the mean logit of this policy's network and those of the --with policies (other runs of the same
+             inputs): whether independent runs' networks err on different scenes.
 Appends one row per variant and scene to scenes.csv in --out (benchmarks/results/choice-screen/), and prints each
 variant's successes with the 95% interval and, against the first variant, the scenes won and lost.
 """
@@ -64,6 +66,17 @@ class Neighbourhood(nn.Module):
         return torch.logit(value.clamp(1e-6, 1 - 1e-6))
 
 
+class Ensemble(nn.Module):
+    """Networks of the same inputs, their logits averaged: GraspNet's forward, which is all PosePolicy calls."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(frames, poses) for net in self.nets]).mean(dim=0)
+
+
 class EarlyMoves(PosePolicy):
     """Among the best moves, the one that brings the planned final pose nearest (fewest actions left to reach it),
     and among those a move in the tray's plane before a turn, and a turn before staying."""
@@ -102,12 +115,16 @@ class Replanning(PosePolicy):
         return super().__call__(states, indices, timesteps, epsilon)
 
 
-def variant_net(name: str, net: GraspNet) -> nn.Module:
+def variant_net(name: str, net: GraspNet, others: list[GraspNet]) -> nn.Module:
     if name in ("argmax", "early", "replan"):
         return net
+    if name == "ensemble":
+        if not others:
+            raise SystemExit("error: variant 'ensemble': give the other policies with --with")
+        return Ensemble([net, *others]).eval()
     if match := re.fullmatch(r"(robust|pessimist)(\d+)", name):
         return Neighbourhood(net, float(match[2]), "mean" if match[1] == "robust" else "min").eval()
-    raise SystemExit(f"error: variant {name!r}: not argmax, early, replan, robustM or pessimistM")
+    raise SystemExit(f"error: variant {name!r}: not argmax, early, replan, ensemble, robustM or pessimistM")
 
 
 def play_test_scenes(policy: PosePolicy, observation: Observation, episodes: int, seed: int) -> list[float]:
@@ -130,12 +147,27 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--eval-episodes", type=positive_int, default=200, help="greedy test scenes per variant")
     parser.add_argument("--eval-seed", type=int, default=2000, help="seed of the test scenes")
     parser.add_argument(
+        "--with",
+        dest="others",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="CHECKPOINT",
+        help="other pose agents' saved policies of the same inputs, for the ensemble variant",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "choice-screen", help="folder for scenes.csv"
     )
     args = parser.parse_args(argv)
     saved = load_checkpoint(args.checkpoint, torch.device("cpu"), ("policy_net_state_dict",))
     net = saved_grasp_net(saved, args.checkpoint).eval()
     observation = observation_of(net.config)
+    others = []
+    for path in args.others:
+        other = saved_grasp_net(load_checkpoint(path, torch.device("cpu"), ("policy_net_state_dict",)), path).eval()
+        if observation_of(other.config) != observation:
+            raise SystemExit(f"error: --with {path}: its inputs are not those of {args.checkpoint}")
+        others.append(other)
     torch.set_num_threads(1)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +175,7 @@ def main(argv: list[str]) -> None:
     for name in args.variants:
         started = time.time()
         kind = {"early": EarlyMoves, "replan": Replanning}.get(name, PosePolicy)
-        policy = kind(variant_net(name, net), PoseLattice())  # type: ignore[arg-type]
+        policy = kind(variant_net(name, net, others), PoseLattice())  # type: ignore[arg-type]
         rewards = play_test_scenes(policy, observation, args.eval_episodes, args.eval_seed)
         outcomes[name] = rewards
         won, lost = scenes_won_lost(rewards, outcomes[args.variants[0]])

@@ -7,6 +7,8 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   plain:      one refit of the run's network, as the agent refits (fresh weights, 10 passes, batches of 32, Adam at
               1e-3);
   ensembleK:  K plain refits of seeds SEED .. SEED + K - 1, their logits averaged;
+  baggedK:    the same, each refit on its own bootstrap resample of the replay (as many episodes, drawn with
+              replacement): members that differ by their data, not only by their initial weights;
   passesN:    one refit of N passes;
   jitterM:    one plain refit with each batch's final poses moved by up to M mm in x and y (uniform, drawn anew per
               batch), the labels kept: a translation the gripper's tolerance should forgive;
@@ -21,7 +23,9 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
               channels (sin 2a, cos 2a): features of the clutter that depend on how the fingers close;
   anglefree:  the same refit given every pose at angle 0: what the angle is worth to the network;
   finecentre: one plain refit of the run's network with one more patch in front of its own, half as wide: the
-              centre sampled twice as finely, between the frame's pixels.
+              centre sampled twice as finely, between the frame's pixels;
+  decayN:     one plain refit with AdamW's decoupled weight decay of N/100 (decay1: AdamW's default, 0.01);
+  dropoutP:   one plain refit with P% of the convolutions' features dropped in training (before the hidden layer).
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
 workers), as learning.py plays them, or on others (another --eval-seed); the same scenes for every variant, so each
 is also compared scene by scene with the first (scenes won and lost). With --join, the refits take other runs'
@@ -43,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.learning import ROOT
-from benchmarks.research.choice_screen import play_test_scenes, scenes_won_lost
+from benchmarks.research.choice_screen import Ensemble, play_test_scenes, scenes_won_lost
 from common import Observation
 from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
@@ -57,17 +61,6 @@ from grasping.pose_agent import (
     pose_config,
 )
 from grasping.stats import success_rate
-
-
-class Ensemble(nn.Module):
-    """Networks of the same inputs, their logits averaged: GraspNet's forward, which is all PosePolicy calls."""
-
-    def __init__(self, nets: list[nn.Module]) -> None:
-        super().__init__()
-        self.nets = nn.ModuleList(nets)
-
-    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-        return torch.stack([net(frames, poses) for net in self.nets]).mean(dim=0)
 
 
 class JitteredMemory(EpisodeMemory):
@@ -150,10 +143,15 @@ def refit(
     jitter_mm: float = 0.0,
     recolour: bool = False,
     net: GraspNet | None = None,
+    weight_decay: float = 0.0,
+    dropout: float = 0.0,
+    bootstrap: bool = False,
 ) -> nn.Module:
     """A fresh grasp network of the run's configuration refit on its replay, as `PoseAgent.refit` does it; with
     `jitter_mm`, each batch's poses moved by up to that many millimetres in x and y; with `recolour`, its frames
-    recoloured; `net`, another network than the agent's to refit (its weights are drawn afresh)."""
+    recoloured; `net`, another network than the agent's to refit (its weights are drawn afresh); `weight_decay`,
+    AdamW's decay instead of Adam; `dropout`, that fraction of the convolutions' features dropped in training;
+    `bootstrap`, refit on a resample of the replay drawn with replacement."""
     memory = state["replay_memory"]
     scales = state["config"]["patch_scales"]
     agent = PoseAgent(
@@ -161,6 +159,10 @@ def refit(
     )
     if net is not None:
         agent.net, agent.optimizer = net, torch.optim.Adam(net.parameters(), lr=1e-3)
+    if dropout:
+        agent.net.linear = nn.Sequential(nn.Dropout(dropout), agent.net.linear)  # type: ignore[assignment]
+    if weight_decay or dropout:
+        agent.optimizer = torch.optim.AdamW(agent.net.parameters(), lr=1e-3, weight_decay=weight_decay)
     if recolour:
         agent.memory = RecolouredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
     if jitter_mm:
@@ -168,6 +170,10 @@ def refit(
         jittered.jitter_mm = jitter_mm
         agent.memory = jittered
     agent.memory.load_state_dict(memory)
+    if bootstrap:
+        rows = np.random.default_rng(seed).integers(0, len(agent.memory), len(agent.memory))
+        agent.memory.frames = agent.memory.frames[torch.from_numpy(rows)]
+        agent.memory.poses, agent.memory.rewards = agent.memory.poses[rows], agent.memory.rewards[rows]
     torch.manual_seed(seed)
     agent.refit()
     return agent.net.eval()
@@ -178,6 +184,9 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed)
     if match := re.fullmatch(r"ensemble(\d+)", name):
         return Ensemble([refit(state, observation, seed + k) for k in range(int(match[1]))]).eval()
+    if match := re.fullmatch(r"bagged(\d+)", name):
+        members = [refit(state, observation, seed + k, bootstrap=True) for k in range(int(match[1]))]
+        return Ensemble(members).eval()
     if match := re.fullmatch(r"passes(\d+)", name):
         return refit(state, observation, seed, passes=int(match[1]))
     if name == "colour":
@@ -193,9 +202,13 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, net=kind(observation.size, observation.rgb, observation.height, scales))
     if match := re.fullmatch(r"jitter(\d+)", name):
         return refit(state, observation, seed, jitter_mm=float(match[1]))
+    if match := re.fullmatch(r"decay(\d+)", name):
+        return refit(state, observation, seed, weight_decay=int(match[1]) / 100)
+    if match := re.fullmatch(r"dropout(\d+)", name):
+        return refit(state, observation, seed, dropout=int(match[1]) / 100)
     raise SystemExit(
-        f"error: variant {name!r}: not plain, ensembleK, passesN, jitterM, colour, wide, contextK, angles, "
-        "anglefree or finecentre"
+        f"error: variant {name!r}: not plain, ensembleK, baggedK, passesN, jitterM, colour, wide, contextK, angles, "
+        "anglefree, finecentre, decayN or dropoutP"
     )
 
 
