@@ -315,6 +315,11 @@ def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
         "widest",
         "not argmax, early, replan, ensemble, robustM or pessimistM",
     )
+    assert_one_line_error(
+        subprocess.run([*command, "ensemble", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60),
+        "ensemble",
+        "--with",
+    )
 
 
 @pytest.mark.slow

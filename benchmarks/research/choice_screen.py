@@ -119,8 +119,6 @@ def variant_net(name: str, net: GraspNet, others: list[GraspNet]) -> nn.Module:
     if name in ("argmax", "early", "replan"):
         return net
     if name == "ensemble":
-        if not others:
-            raise SystemExit("error: variant 'ensemble': give the other policies with --with")
         return Ensemble([net, *others]).eval()
     if match := re.fullmatch(r"(robust|pessimist)(\d+)", name):
         return Neighbourhood(net, float(match[2]), "mean" if match[1] == "robust" else "min").eval()
@@ -159,6 +157,8 @@ def main(argv: list[str]) -> None:
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "choice-screen", help="folder for scenes.csv"
     )
     args = parser.parse_args(argv)
+    if "ensemble" in args.variants and not args.others:
+        parser.error("variant ensemble: give the other policies with --with")
     saved = load_checkpoint(args.checkpoint, torch.device("cpu"), ("policy_net_state_dict",))
     net = saved_grasp_net(saved, args.checkpoint).eval()
     observation = observation_of(net.config)
