@@ -159,15 +159,14 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if "ensemble" in args.variants and not args.others:
         parser.error("variant ensemble: give the other policies with --with")
-    saved = load_checkpoint(args.checkpoint, torch.device("cpu"), ("policy_net_state_dict",))
-    net = saved_grasp_net(saved, args.checkpoint).eval()
+    net, *others = (
+        saved_grasp_net(load_checkpoint(path, torch.device("cpu"), ("policy_net_state_dict",)), path).eval()
+        for path in (args.checkpoint, *args.others)
+    )
     observation = observation_of(net.config)
-    others = []
-    for path in args.others:
-        other = saved_grasp_net(load_checkpoint(path, torch.device("cpu"), ("policy_net_state_dict",)), path).eval()
+    for path, other in zip(args.others, others):
         if observation_of(other.config) != observation:
             raise SystemExit(f"error: --with {path}: its inputs are not those of {args.checkpoint}")
-        others.append(other)
     torch.set_num_threads(1)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

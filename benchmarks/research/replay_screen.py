@@ -161,7 +161,7 @@ def refit(
         agent.net, agent.optimizer = net, torch.optim.Adam(net.parameters(), lr=1e-3)
     if dropout:
         agent.net.linear = nn.Sequential(nn.Dropout(dropout), agent.net.linear)  # type: ignore[assignment]
-    if weight_decay or dropout:
+    if weight_decay:
         agent.optimizer = torch.optim.AdamW(agent.net.parameters(), lr=1e-3, weight_decay=weight_decay)
     if recolour:
         agent.memory = RecolouredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
@@ -169,11 +169,10 @@ def refit(
         jittered = JitteredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
         jittered.jitter_mm = jitter_mm
         agent.memory = jittered
-    agent.memory.load_state_dict(memory)
     if bootstrap:
-        rows = np.random.default_rng(seed).integers(0, len(agent.memory), len(agent.memory))
-        agent.memory.frames = agent.memory.frames[torch.from_numpy(rows)]
-        agent.memory.poses, agent.memory.rewards = agent.memory.poses[rows], agent.memory.rewards[rows]
+        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(memory["rewards"]), len(memory["rewards"])))
+        memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
+    agent.memory.load_state_dict(memory)
     torch.manual_seed(seed)
     agent.refit()
     return agent.net.eval()
