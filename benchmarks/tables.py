@@ -162,15 +162,19 @@ def pose_agent_table(results: Path) -> str:
     return markdown(["policy", "episodes", "test-object successes (95% CI)", "training time"], rows)
 
 
-def seeds_table(results: Path) -> str:
-    """POSE_BEST's seeds side by side: greedy test-object successes after 1,000 episodes, at the best evaluation and
-    at the last, each with its episode and training time."""
+POSE_192PX_SEEDS = (f"{POSE_BEST}-192px", f"{POSE_BEST}-192px-seed2")
+"""POSE_BEST with `--image-size 192`, seeds 1 and 2: the finer render measured against it."""
+
+
+def seeds_table(results: Path, names: tuple[str, ...]) -> str:
+    """Runs of one configuration side by side, by seed: greedy test-object successes after 1,000 episodes, at the
+    best evaluation and at the last, each with its episode and training time."""
 
     def cell(row: dict | None) -> str:
         return "-" if row is None else f"{successes(row)} at {int(row['episode']):,} ({minutes(row)})"
 
     rows = []
-    for name in POSE_BEST_SEEDS:
+    for name in names:
         configuration = Configuration.load(name, results)
         flags = configuration.train_flags
         seed = flags[flags.index("--seed") + 1] if "--seed" in flags else str(training_parser().get_default("seed"))
@@ -395,7 +399,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "summary": summary_table,
     "summary-commands": commands,
     "pose-agent": pose_agent_table,
-    "pose-seeds": seeds_table,
+    "pose-seeds": lambda results: seeds_table(results, POSE_BEST_SEEDS),
+    "pose-192px": lambda results: seeds_table(results, POSE_192PX_SEEDS),
     "dqn": dqn_table,
     "throughput-dev": lambda results: throughput_table(results, "throughput-dev"),
     "throughput-h100": lambda results: throughput_table(results, "throughput-h100"),
