@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, assert_one_line_error
 
-from benchmarks.research import approach_probe, choice_screen, fixed_scenes, probe, scene_ceiling
+from benchmarks.research import approach_probe, choice_screen, fixed_scenes, probe, replay_screen, scene_ceiling
 from benchmarks.research.input_probe import collect as collect_outcomes
 from common import DQN, preprocess_frame
 from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
@@ -292,6 +292,32 @@ def test_replanning_scores_the_final_poses_on_each_newest_frame():
     for stream in (0, 1):
         np.testing.assert_allclose(policy.scores[stream][lattice.finals], expected[stream], rtol=1e-5)
     assert policy.episodes.poses[0] in lattice.index, "it still moves along the lattice"
+
+
+def test_replay_screen_decays_the_refits_rate_to_zero_and_repeats_the_failures(monkeypatch):
+    config = {"agent": "pose", "image_size": 24, "rgb": True, "height": True, "patch_scales": 2}
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (40, 4, 24, 24), dtype=np.uint8))
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0] * 10)
+    poses = torch.from_numpy(pose_array([(550, 0, 0)] * 40))
+    rng = np.random.default_rng(0).bit_generator.state
+    state = {"replay_memory": {"frames": frames, "poses": poses, "rewards": rewards, "pushed": 40, "rng": rng}}
+    state["config"] = config
+    seen: list[tuple[float, int, int]] = []
+    real_loss = replay_screen.PoseAgent.refit.__globals__["grasp_loss"]
+
+    def spy(net, optimizer, batch_frames, batch_poses, batch_rewards):
+        seen.append((optimizer.param_groups[0]["lr"], len(batch_rewards), int((batch_rewards == 0).sum())))
+        return real_loss(net, optimizer, batch_frames, batch_poses, batch_rewards)
+
+    monkeypatch.setitem(replay_screen.PoseAgent.refit.__globals__, "grasp_loss", spy)
+    observation = replay_screen.observation_of(config)
+    replay_screen.refit(state, observation, seed=0, passes=2, cosine=True)
+    rates = [rate for rate, _, _ in seen]
+    assert rates[0] == 1e-3 and all(a > b for a, b in zip(rates, rates[1:])), "decays at every batch"
+    assert 0 < rates[-1] < 1e-3 * (1 - np.cos(np.pi / len(rates))), "the last batch's rate is close to 0"
+    seen.clear()
+    replay_screen.refit(state, observation, seed=0, passes=1, failures=3)
+    assert sum(n for _, n, _ in seen) == 40 + 2 * 20 and sum(f for _, _, f in seen) == 3 * 20, "failures thrice"
 
 
 @pytest.mark.slow

@@ -25,7 +25,11 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   finecentre: one plain refit of the run's network with one more patch in front of its own, half as wide: the
               centre sampled twice as finely, between the frame's pixels;
   decayN:     one plain refit with AdamW's decoupled weight decay of N/100 (decay1: AdamW's default, 0.01);
-  dropoutP:   one plain refit with P% of the convolutions' features dropped in training (before the hidden layer).
+  dropoutP:   one plain refit with P% of the convolutions' features dropped in training (before the hidden layer);
+  cosineN:    one refit of N passes whose learning rate falls from 1e-3 to 0 along a half cosine, batch by batch: the
+              last weights an average of small steps rather than the last of large ones;
+  failuresK:  one plain refit on the replay with each failed episode K times: a failure, most often at a pose greedy
+              play chose, weighs K times a success, so that a pose like one that failed ranks lower.
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
 workers), as learning.py plays them, or on others (another --eval-seed); the same scenes for every variant, so each
 is also compared scene by scene with the first (scenes won and lost). With --join, the refits take other runs'
@@ -36,6 +40,7 @@ benchmarks/results/replay-screen/screen.csv.
 from __future__ import annotations
 
 import csv
+import math
 import re
 import sys
 import time
@@ -135,6 +140,29 @@ class AngleBlindNet(GraspNet):
         return super().forward(frames, torch.cat((poses[..., :2], torch.zeros_like(poses[..., 2:])), dim=-1))
 
 
+class CosineRefitAgent(PoseAgent):
+    """The pose agent whose refits decay the learning rate from its start to 0 along a half cosine over all the
+    refit's batches."""
+
+    def refit(self) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = self.refit_epochs * math.ceil(len(self.memory) / self.batch_size)
+        group, step = self.optimizer.param_groups[0], self.optimizer.step
+        start, taken = group["lr"], 0
+
+        def step_and_decay(*args: object, **kwargs: object) -> None:
+            nonlocal taken
+            step(*args, **kwargs)
+            taken += 1
+            group["lr"] = start * 0.5 * (1 + math.cos(math.pi * taken / steps))
+
+        self.optimizer.step = step_and_decay  # type: ignore[method-assign]
+        try:
+            return super().refit()
+        finally:
+            self.optimizer.step = step  # type: ignore[method-assign]
+            group["lr"] = start
+
+
 def refit(
     state: dict,
     observation: Observation,
@@ -146,15 +174,24 @@ def refit(
     weight_decay: float = 0.0,
     dropout: float = 0.0,
     bootstrap: bool = False,
+    cosine: bool = False,
+    failures: int = 1,
 ) -> nn.Module:
     """A fresh grasp network of the run's configuration refit on its replay, as `PoseAgent.refit` does it; with
     `jitter_mm`, each batch's poses moved by up to that many millimetres in x and y; with `recolour`, its frames
     recoloured; `net`, another network than the agent's to refit (its weights are drawn afresh); `weight_decay`,
     AdamW's decay instead of Adam; `dropout`, that fraction of the convolutions' features dropped in training;
-    `bootstrap`, refit on a resample of the replay drawn with replacement."""
+    `bootstrap`, refit on a resample of the replay drawn with replacement; `cosine`, the learning rate decayed to 0
+    along a half cosine; `failures`, each failed episode that many times in the replay."""
     memory = state["replay_memory"]
+    rows = torch.arange(len(memory["rewards"]))
+    if bootstrap:
+        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(rows), len(rows)))
+    if failures > 1:
+        rows = torch.cat((rows, torch.nonzero(memory["rewards"] == 0).flatten().repeat(failures - 1)))
+    memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
     scales = state["config"]["patch_scales"]
-    agent = PoseAgent(
+    agent = (CosineRefitAgent if cosine else PoseAgent)(
         observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes, patch_scales=scales
     )
     if net is not None:
@@ -169,9 +206,6 @@ def refit(
         jittered = JitteredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
         jittered.jitter_mm = jitter_mm
         agent.memory = jittered
-    if bootstrap:
-        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(memory["rewards"]), len(memory["rewards"])))
-        memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
     agent.memory.load_state_dict(memory)
     torch.manual_seed(seed)
     agent.refit()
@@ -205,9 +239,13 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, weight_decay=int(match[1]) / 100)
     if match := re.fullmatch(r"dropout(\d+)", name):
         return refit(state, observation, seed, dropout=int(match[1]) / 100)
+    if match := re.fullmatch(r"failures(\d+)", name):
+        return refit(state, observation, seed, failures=int(match[1]))
+    if match := re.fullmatch(r"cosine(\d+)", name):
+        return refit(state, observation, seed, passes=int(match[1]), cosine=True)
     raise SystemExit(
         f"error: variant {name!r}: not plain, ensembleK, baggedK, passesN, jitterM, colour, wide, contextK, angles, "
-        "anglefree, finecentre, decayN or dropoutP"
+        "anglefree, finecentre, decayN, dropoutP, cosineN or failuresK"
     )
 
 
