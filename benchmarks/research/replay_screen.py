@@ -27,9 +27,7 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   decayN:     one plain refit with AdamW's decoupled weight decay of N/100 (decay1: AdamW's default, 0.01);
   dropoutP:   one plain refit with P% of the convolutions' features dropped in training (before the hidden layer);
   cosineN:    one refit of N passes whose learning rate falls from 1e-3 to 0 along a half cosine, batch by batch: the
-              last weights an average of small steps rather than the last of large ones;
-  failuresK:  one plain refit on the replay with each failed episode K times: a failure, most often at a pose greedy
-              play chose, weighs K times a success, so that a pose like one that failed ranks lower.
+              last weights an average of small steps rather than the last of large ones.
 Each is played greedily on the first --eval-episodes of the benchmark's 200 test scenes (`--eval-seed 1000`, 2
 workers), as learning.py plays them, or on others (another --eval-seed); the same scenes for every variant, so each
 is also compared scene by scene with the first (scenes won and lost). With --join, the refits take other runs'
@@ -175,21 +173,17 @@ def refit(
     dropout: float = 0.0,
     bootstrap: bool = False,
     cosine: bool = False,
-    failures: int = 1,
 ) -> nn.Module:
     """A fresh grasp network of the run's configuration refit on its replay, as `PoseAgent.refit` does it; with
     `jitter_mm`, each batch's poses moved by up to that many millimetres in x and y; with `recolour`, its frames
     recoloured; `net`, another network than the agent's to refit (its weights are drawn afresh); `weight_decay`,
     AdamW's decay instead of Adam; `dropout`, that fraction of the convolutions' features dropped in training;
     `bootstrap`, refit on a resample of the replay drawn with replacement; `cosine`, the learning rate decayed to 0
-    along a half cosine; `failures`, each failed episode that many times in the replay."""
+    along a half cosine."""
     memory = state["replay_memory"]
-    rows = torch.arange(len(memory["rewards"]))
     if bootstrap:
-        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(rows), len(rows)))
-    if failures > 1:
-        rows = torch.cat((rows, torch.nonzero(memory["rewards"] == 0).flatten().repeat(failures - 1)))
-    memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
+        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(memory["rewards"]), len(memory["rewards"])))
+        memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
     scales = state["config"]["patch_scales"]
     agent = (CosineRefitAgent if cosine else PoseAgent)(
         observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes, patch_scales=scales
@@ -239,13 +233,11 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, weight_decay=int(match[1]) / 100)
     if match := re.fullmatch(r"dropout(\d+)", name):
         return refit(state, observation, seed, dropout=int(match[1]) / 100)
-    if match := re.fullmatch(r"failures(\d+)", name):
-        return refit(state, observation, seed, failures=int(match[1]))
     if match := re.fullmatch(r"cosine(\d+)", name):
         return refit(state, observation, seed, passes=int(match[1]), cosine=True)
     raise SystemExit(
         f"error: variant {name!r}: not plain, ensembleK, baggedK, passesN, jitterM, colour, wide, contextK, angles, "
-        "anglefree, finecentre, decayN, dropoutP, cosineN or failuresK"
+        "anglefree, finecentre, decayN, dropoutP or cosineN"
     )
 
 
