@@ -42,7 +42,8 @@ import math
 import re
 import sys
 import time
-from typing import cast
+from collections.abc import Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -138,27 +139,19 @@ class AngleBlindNet(GraspNet):
         return super().forward(frames, torch.cat((poses[..., :2], torch.zeros_like(poses[..., 2:])), dim=-1))
 
 
-class CosineRefitAgent(PoseAgent):
-    """The pose agent whose refits decay the learning rate from its start to 0 along a half cosine over all the
-    refit's batches."""
+class CosineAdam(torch.optim.Adam):
+    """Adam whose learning rate falls from `lr` to 0 along a half cosine over `steps` steps."""
 
-    def refit(self) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = self.refit_epochs * math.ceil(len(self.memory) / self.batch_size)
-        group, step = self.optimizer.param_groups[0], self.optimizer.step
-        start, taken = group["lr"], 0
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, steps: int) -> None:
+        super().__init__(params, lr=lr)
+        self.start, self.steps, self.taken = lr, steps, 0
 
-        def step_and_decay(*args: object, **kwargs: object) -> None:
-            nonlocal taken
-            step(*args, **kwargs)
-            taken += 1
-            group["lr"] = start * 0.5 * (1 + math.cos(math.pi * taken / steps))
-
-        self.optimizer.step = step_and_decay  # type: ignore[method-assign]
-        try:
-            return super().refit()
-        finally:
-            self.optimizer.step = step  # type: ignore[method-assign]
-            group["lr"] = start
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        self.taken += 1
+        for group in self.param_groups:
+            group["lr"] = self.start * 0.5 * (1 + math.cos(math.pi * self.taken / self.steps))
+        return loss
 
 
 def refit(
@@ -181,11 +174,8 @@ def refit(
     `bootstrap`, refit on a resample of the replay drawn with replacement; `cosine`, the learning rate decayed to 0
     along a half cosine."""
     memory = state["replay_memory"]
-    if bootstrap:
-        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(memory["rewards"]), len(memory["rewards"])))
-        memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
     scales = state["config"]["patch_scales"]
-    agent = (CosineRefitAgent if cosine else PoseAgent)(
+    agent = PoseAgent(
         observation, torch.device("cpu"), seed, 1e-3, len(memory["rewards"]), 32, 0, 1, passes, patch_scales=scales
     )
     if net is not None:
@@ -194,12 +184,17 @@ def refit(
         agent.net.linear = nn.Sequential(nn.Dropout(dropout), agent.net.linear)  # type: ignore[assignment]
     if weight_decay:
         agent.optimizer = torch.optim.AdamW(agent.net.parameters(), lr=1e-3, weight_decay=weight_decay)
+    if cosine:
+        agent.optimizer = CosineAdam(agent.net.parameters(), 1e-3, passes * math.ceil(len(memory["rewards"]) / 32))
     if recolour:
         agent.memory = RecolouredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
     if jitter_mm:
         jittered = JitteredMemory(len(memory["rewards"]), observation.frame_shape, "cpu", seed)
         jittered.jitter_mm = jitter_mm
         agent.memory = jittered
+    if bootstrap:
+        rows = torch.from_numpy(np.random.default_rng(seed).integers(0, len(memory["rewards"]), len(memory["rewards"])))
+        memory = {**memory, **{key: memory[key][rows] for key in ("frames", "poses", "rewards")}}
     agent.memory.load_state_dict(memory)
     torch.manual_seed(seed)
     agent.refit()
