@@ -271,6 +271,24 @@ def test_a_table_follows_its_csv(tmp_path):
     assert drawn.endswith("<!-- end table -->\nprose\n") and "anything" not in drawn
 
 
+def test_the_seeds_table_keeps_to_the_budget_and_a_longer_run_gets_its_own_rows(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*.png", "*.npz", "*.pt"))
+    name = tables.POSE_BEST_SEEDS[1]
+    before = tables.seeds_table(results, tables.POSE_BEST_SEEDS)
+    csv_path = results / name / "learning.csv"
+    rows = [row for row in csv_path.read_text().splitlines() if ",greedy,test," in row]
+    later = rows[-1].split(",")
+    assert int(later[0]) <= tables.BUDGET
+    later[0], later[1], later[4], later[6:] = str(tables.BUDGET + 500), "9000.0", "200", ["1.0", "0.98", "1.0"]
+    with open(csv_path, "a") as handle:
+        handle.write(",".join(later) + "\n")
+    assert tables.seeds_table(results, tables.POSE_BEST_SEEDS) == before, "an evaluation past the budget is left out"
+    beyond = tables.beyond_budget_table(results, tables.POSE_BEST_SEEDS)
+    assert f"| `{name}` | {tables.BUDGET + 500:,} | 200/200 = 100.0% (98.1-100.0%) | 150.0 min |" in beyond
+    assert f"| `{name}` | {tables.BUDGET:,} |" in beyond
+
+
 def test_worker_memory_reads_a_torch_free_workers_memory_after_its_resets(tmp_path):
     output = tmp_path / "memory.csv"
     result = subprocess.run(
