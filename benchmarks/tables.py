@@ -194,10 +194,9 @@ def beyond_budget_table(results: Path, names: tuple[str, ...]) -> str:
     rows = []
     for name in names:
         evaluations = Configuration.load(name, results).evaluations()
-        if int(evaluations[-1]["episode"]) > BUDGET:
-            for row in evaluations:
-                if int(row["episode"]) >= BUDGET:
-                    rows.append([f"`{name}`", f"{int(row['episode']):,}", successes(row), minutes(row)])
+        if evaluations and int(evaluations[-1]["episode"]) > BUDGET:
+            later = [row for row in evaluations if int(row["episode"]) >= BUDGET]
+            rows += [[f"`{name}`", f"{int(row['episode']):,}", successes(row), minutes(row)] for row in later]
     return markdown(["run", "episodes", "test-object successes (95% CI)", "training time"], rows)
 
 
