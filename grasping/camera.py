@@ -35,13 +35,14 @@ def camera_matrix() -> np.ndarray:
     return np.array(projection).reshape(4, 4).T @ np.array(view).reshape(4, 4).T
 
 
-def unproject(depth_buffer: np.ndarray) -> np.ndarray:
-    """A depth buffer (S, S) of the environment's camera -> the world point each pixel's centre shows (S, S, 3)."""
+def unproject(depth_buffer: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
+    """A depth buffer (S, S) of the environment's camera, or of the camera whose projection times view is `matrix`
+    (4x4, row-major, as `camera_matrix` gives it) -> the world point each pixel's centre shows (S, S, 3)."""
     size = depth_buffer.shape[0]
     centres = (np.arange(size) + 0.5) / size * 2 - 1
     x_ndc, y_ndc = np.meshgrid(centres, -centres, indexing="xy")
     ndc = np.stack((x_ndc, y_ndc, 2 * depth_buffer.astype(np.float64) - 1, np.ones_like(x_ndc)), axis=-1)
-    world = ndc @ np.linalg.inv(camera_matrix()).T
+    world = ndc @ np.linalg.inv(camera_matrix() if matrix is None else matrix).T
     return world[..., :3] / world[..., 3:]
 
 
@@ -57,15 +58,18 @@ def _neighbourhood(array: np.ndarray, fill: float) -> np.ndarray:
     return np.stack([padded[..., i : i + rows, j : j + cols] for i in range(3) for j in range(3)])
 
 
-def topdown_map(rgb: np.ndarray, depth_buffer: np.ndarray, fill_passes: int = 8) -> np.ndarray:
+def topdown_map(
+    rgb: np.ndarray, depth_buffer: np.ndarray, fill_passes: int = 8, matrix: np.ndarray | None = None
+) -> np.ndarray:
     """The camera's colour (S, S, 3) uint8 and depth buffer (S, S) seen from above: uint8 (4, *MAP_SHAPE), the
-    colour and the height (`heights`) of the highest point in each cell.
+    colour and the height (`heights`) of the highest point in each cell. The camera is the environment's, or the
+    one whose projection times view is `matrix` (`unproject`).
 
     Cells no pixel lands in (mostly behind objects, as the camera sees them) take, over up to `fill_passes`
     passes, the highest height among their filled neighbours and those neighbours' mean colour; any left
     after that read as the floor.
     """
-    points = unproject(depth_buffer).reshape(-1, 3)
+    points = unproject(depth_buffer, matrix).reshape(-1, 3)
     i = np.floor((points[:, 0] - MAP_X[0]) / MAP_CELL).astype(np.int64)
     j = np.floor((points[:, 1] - MAP_Y[0]) / MAP_CELL).astype(np.int64)
     inside = (i >= 0) & (i < MAP_SHAPE[0]) & (j >= 0) & (j < MAP_SHAPE[1])

@@ -84,6 +84,8 @@ class PoseLattice:
             self.reach.append(np.asarray(self.reach[-1][self.successors].any(axis=1)))
         self.finals = np.flatnonzero(self.reach[horizon][0])
         """Indices of the poses `horizon` actions can end at from the start: the candidates the agent scores."""
+        self.final_poses = pose_array([self.poses[i] for i in self.finals])
+        """Those candidates as `pose_array` gives them, (len(finals), 3), in `finals`' order."""
 
     def move_values(self, pose: Pose, actions_taken: int, scores: np.ndarray) -> np.ndarray | None:
         """For each action, the best of `scores` (one per lattice pose, the `outside` one last) over the final
@@ -285,7 +287,7 @@ class PosePolicy:
     def final_logits(self, frames: torch.Tensor) -> torch.Tensor:
         """Float frames (B, C, H, W) on the network's device -> the logits of every candidate final pose
         (B, len(lattice.finals)), in `lattice.finals`' order."""
-        candidates = torch.from_numpy(pose_array([self.lattice.poses[i] for i in self.lattice.finals]))
+        candidates = torch.from_numpy(self.lattice.final_poses)
         with evaluating(self.net):
             return self.net(frames, candidates.to(frames.device).expand(len(frames), -1, -1))
 

@@ -286,7 +286,7 @@ def test_replanning_scores_the_final_poses_on_each_newest_frame():
     first, later = (np.random.default_rng(k).integers(0, 256, (2, 1, 4, 96, 96), dtype=np.uint8) for k in (0, 1))
     policy(first, [0, 1], [0, 0])
     policy(later, [0, 1], [1, 1])
-    candidates = torch.from_numpy(pose_array([lattice.poses[i] for i in lattice.finals]))
+    candidates = torch.from_numpy(lattice.final_poses)
     with torch.no_grad():
         expected = torch.sigmoid(net(newest_frames(later), candidates.expand(2, -1, -1))).numpy()
     for stream in (0, 1):
@@ -364,3 +364,34 @@ def test_failure_probe_gives_each_greedy_episode_one_cause(tmp_path):
     printed = {line.split(":")[0]: int(line.split(": ")[1].split("/")[0]) for line in result.stdout.splitlines()}
     assert printed == {cause: [r["cause"] for r in rows].count(cause) for cause in printed}
     assert sum(printed.values()) == 3
+
+
+def test_the_overhead_camera_maps_a_box_at_its_cell_and_height_and_puts_the_arm_back():
+    from benchmarks.research.overhead import overhead_matrix, overhead_with_depth
+    from grasping.camera import FLOOR_Z, heights, map_cell, topdown_map
+    from grasping.environment import quiet_pybullet
+
+    pybullet = quiet_pybullet()
+    env = make_env(is_test=True, camera_size=96)
+    try:
+        env.reset()
+        for uid in env._objectUids:
+            pybullet.resetBasePositionAndOrientation(uid, (3.0, 3.0, 0.0), (0, 0, 0, 1))
+        centre, half, floor_z = (0.60, 0.05), (0.02, 0.03, 0.025), -0.184
+        shape = pybullet.createCollisionShape(pybullet.GEOM_BOX, halfExtents=half)
+        visual = pybullet.createVisualShape(pybullet.GEOM_BOX, halfExtents=half, rgbaColor=(1, 0, 0, 1))
+        pybullet.createMultiBody(0, shape, visual, (*centre, floor_z + half[2]))
+        arm = env._kuka.kukaUid
+        before = pybullet.getBasePositionAndOrientation(arm)
+        top_map = topdown_map(*overhead_with_depth(env, 192), matrix=overhead_matrix())
+        assert pybullet.getBasePositionAndOrientation(arm) == before, "the arm is back where it was"
+    finally:
+        env.close()
+    row, col = np.floor(map_cell(np.array(centre))).astype(int)
+    box_top = int(heights(np.array(floor_z + 2 * half[2])))
+    assert np.all(np.abs(top_map[3, row - 3 : row + 4, col - 5 : col + 6].astype(int) - box_top) <= 2)
+    assert np.all(top_map[0, row - 3 : row + 4, col - 5 : col + 6] > 150), "the box is red"
+    beside = top_map[3, row - 3 : row + 4, col + 12 : col + 15].astype(int)  # 4.8 cm beside the box: the floor
+    assert np.all(np.abs(beside - int(heights(np.array(floor_z)))) <= 3)
+    # The start pose's arm hangs over the tray; with it out of view no cell reads above the box.
+    assert top_map[3].max() < heights(np.array(FLOOR_Z + 0.2)), "nothing of the arm shows"

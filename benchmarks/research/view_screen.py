@@ -7,16 +7,20 @@
 scores (its exploration), on training objects, and keeps per episode: the first frame at 96x96 RGB,
 the height of what each of its pixels shows (the depth buffer of the same camera unprojected, mm
 above FLOOR_Z), a top-down map of the tray's colour and height (MAP_CELL cells over MAP_X x MAP_Y,
-reprojected from the same camera rendered at MAP_RENDER pixels), the final commanded pose and the
-reward. A later call appends to OUT/episodes.npz.
+reprojected from the same camera rendered at MAP_RENDER pixels), the same map from a second camera
+straight above the tray with the arm out of view (`overhead.py`, rendered at OVERHEAD_RENDER pixels),
+the final commanded pose and the reward. A later call appends to OUT/episodes.npz.
 
 `screen` refits a grasp network per view on those episodes, as the agent refits (fresh weights, 10
 passes, batches of 32, Adam at 1e-3), and plays it greedily on the benchmark's test scenes
 (`--eval-seed 1000`, 2 workers, the first `--eval-episodes` of its 200):
-  rgb:  the agent's GraspNet on the oblique colour frame;
-  rgbd: the same with the height image as a fourth channel;
-  map:  a 40x40-cell crop of the top-down map (colour and height) centred on the pose and turned by
-        the gripper's angle, flipped at random in training (the gripper's two mirror symmetries).
+  rgb:      the agent's GraspNet on the oblique colour frame;
+  rgbd:     the same with the height image as a fourth channel;
+  map:      a 40x40-cell crop of the top-down map (colour and height) centred on the pose and turned by
+            the gripper's angle, flipped at random in training (the gripper's two mirror symmetries);
+  overhead: the same crop of the overhead camera's map: the tray without the oblique camera's occlusion.
+A digit K after a view's name (rgbd2, map2, overhead2) adds K - 1 wider crops of the same samples
+around the pose, 2, 4, ... times as wide, as more channels: the agent's --patch-scales.
 Writes OUT/screen.csv, one row per view: episodes trained on, successes, the 95% interval.
 """
 
@@ -35,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.learning import ROOT
+from benchmarks.research.overhead import overhead_matrix, overhead_with_depth
 from common import Observation
 from grasping.camera import MAP_CELL, MAP_X, MAP_Y, heights, topdown_map, unproject
 from grasping.cli import OneLineArgumentParser, positive_int
@@ -47,19 +52,23 @@ from grasping.stats import success_rate
 
 MAP_RENDER = 256
 """Side of the camera image the map is reprojected from."""
+OVERHEAD_RENDER = 192
+"""Side of the overhead camera's image its map is reprojected from (97% of the cells seen, the rest filled)."""
 CROP = 40
 """Side of a map crop in cells (16 cm)."""
 OBLIQUE = 96
 
 
 def views(pool: ProcessEnvPool, index: int, frame: np.ndarray) -> dict[str, np.ndarray]:
-    """Worker `index`'s first frame (3, 96, 96) and what it renders now: the height image and the map."""
+    """Worker `index`'s first frame (3, 96, 96) and what it renders now: the height image and the two maps."""
     _, depth = pool.call(index, camera_with_depth, OBLIQUE)
     rgb_big, depth_big = pool.call(index, camera_with_depth, MAP_RENDER)
+    rgb_above, depth_above = pool.call(index, overhead_with_depth, OVERHEAD_RENDER)
     return {
         "rgb": frame,
         "height": heights(unproject(depth)[..., 2])[None],
         "map": topdown_map(rgb_big, depth_big),
+        "overhead": topdown_map(rgb_above, depth_above, matrix=overhead_matrix()),
     }
 
 
@@ -67,34 +76,40 @@ def views(pool: ProcessEnvPool, index: int, frame: np.ndarray) -> dict[str, np.n
 # Networks: each maps (views as float tensors, poses (B, P, 3)) -> logits (B, P)
 
 
-def image_input(batch: dict[str, torch.Tensor], view: str) -> torch.Tensor:
+VIEWS = ("rgb", "rgbd", "map", "overhead")
+
+
+def parse_view(name: str) -> tuple[str, int]:
+    """A screen's view name -> (view, crop scales): "map2" -> ("map", 2), "rgbd" -> ("rgbd", 1)."""
+    view, scales = name.rstrip("0123456789"), name[len(name.rstrip("0123456789")) :]
+    if view not in VIEWS or (scales and not 1 <= int(scales) <= 3):
+        raise ValueError(f"no view {name!r}: one of {VIEWS}, optionally followed by 2 or 3")
+    return view, int(scales or 1)
+
+
+def image_input(batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    view, _ = parse_view(name)
     if view == "rgb":
         return batch["rgb"]
     if view == "rgbd":
         return torch.cat((batch["rgb"], batch["height"]), dim=1)
-    return batch["map"]
-
-
-class ObliqueNet(GraspNet):
-    """The agent's GraspNet, taking `channels` channels."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(OBLIQUE, True)
-        self.conv1 = nn.Conv2d(channels, 32, kernel_size=5, padding=2)
+    return batch[view]
 
 
 class MapNet(nn.Module):
-    """Crops of the top-down map in the gripper's frame: CROP x CROP cells around (x, y), turned by the angle."""
+    """Crops of the top-down map in the gripper's frame: CROP x CROP cells around (x, y), turned by the angle, and
+    with `scales` K above 1, K - 1 more of the same samples 2, 4, ... times as wide, as more channels."""
 
-    def __init__(self) -> None:
+    def __init__(self, scales: int = 1) -> None:
         super().__init__()
+        self.scales = scales
         half = (torch.arange(CROP, dtype=torch.float32) - (CROP - 1) / 2) * MAP_CELL
         u, v = torch.meshgrid(half, half, indexing="ij")
         self.u: torch.Tensor
         self.v: torch.Tensor
         self.register_buffer("u", u, persistent=False)
         self.register_buffer("v", v, persistent=False)
-        self.conv1 = nn.Conv2d(4, 32, kernel_size=5, padding=2)
+        self.conv1 = nn.Conv2d(4 * scales, 32, kernel_size=5, padding=2)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3, padding=1)
         self.linear = nn.Linear(64 * (CROP // 8) ** 2 + 2, 256)
@@ -102,18 +117,21 @@ class MapNet(nn.Module):
         self.flip = False
 
     def crops(self, maps: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
-        """Maps (B, 4, R, C) and poses (B, P, 3) -> crops (B * P, 4, CROP, CROP); u runs along the fingers' closing
-        axis, which points to (cos a, -sin a) in the world for a commanded angle a."""
+        """Maps (B, 4, R, C) and poses (B, P, 3) -> crops (B * P, 4 * scales, CROP, CROP), the narrowest first; u
+        runs along the fingers' closing axis, which points to (cos a, -sin a) in the world for a commanded angle a."""
         b, p = poses.shape[:2]
         x, y, a = (poses[..., k].reshape(-1, 1, 1) for k in range(3))
         cos, sin = torch.cos(a), torch.sin(a)
-        wx = x + self.u * cos + self.v * sin
-        wy = y - self.u * sin + self.v * cos
-        gx = (wy - MAP_Y[0]) / (MAP_Y[1] - MAP_Y[0]) * 2 - 1
-        gy = (wx - MAP_X[0]) / (MAP_X[1] - MAP_X[0]) * 2 - 1
-        grid = torch.stack((gx, gy), dim=-1)
         source = maps.repeat_interleave(p, dim=0)
-        return F.grid_sample(source, grid, align_corners=False)
+        crops = []
+        for k in range(self.scales):
+            u, v = 2**k * self.u, 2**k * self.v
+            wx = x + u * cos + v * sin
+            wy = y - u * sin + v * cos
+            gx = (wy - MAP_Y[0]) / (MAP_Y[1] - MAP_Y[0]) * 2 - 1
+            gy = (wx - MAP_X[0]) / (MAP_X[1] - MAP_X[0]) * 2 - 1
+            crops.append(F.grid_sample(source, torch.stack((gx, gy), dim=-1), align_corners=False))
+        return torch.cat(crops, dim=1)
 
     def forward(self, maps: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         b, p = poses.shape[:2]
@@ -130,16 +148,17 @@ class MapNet(nn.Module):
         return self.head(F.relu(self.linear(x))).reshape(b, p)
 
 
-def make_net(view: str) -> nn.Module:
-    if view == "map":
-        net = MapNet()
+def make_net(name: str) -> nn.Module:
+    view, scales = parse_view(name)
+    if view in ("map", "overhead"):
+        net = MapNet(scales)
         net.flip = True
         return net
-    return ObliqueNet(3 if view == "rgb" else 4)
+    return GraspNet(OBLIQUE, rgb=True, height=view == "rgbd", patch_scales=scales)
 
 
 def as_float(data: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
-    return {key: torch.from_numpy(data[key][rows]).float().div_(255.0) for key in ("rgb", "height", "map")}
+    return {key: torch.from_numpy(data[key][rows]).float().div_(255.0) for key in ("rgb", "height", "map", "overhead")}
 
 
 def refit(view: str, data: dict[str, np.ndarray], seed: int, passes: int = 10, batch_size: int = 32) -> nn.Module:
@@ -217,7 +236,7 @@ def play(
 
 
 def greedy_chooser(net: nn.Module, view: str, lattice: PoseLattice) -> Callable[[dict[str, np.ndarray]], int]:
-    candidates = torch.from_numpy(pose_array([lattice.poses[i] for i in lattice.finals]))[None]
+    candidates = torch.from_numpy(lattice.final_poses)[None]
 
     def choose(seen: dict[str, np.ndarray]) -> int:
         batch = {key: torch.from_numpy(value[None]).float().div_(255.0) for key, value in seen.items()}
@@ -231,7 +250,7 @@ def greedy_chooser(net: nn.Module, view: str, lattice: PoseLattice) -> Callable[
 def main(argv: list[str]) -> None:
     parser = OneLineArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("collect", "screen"))
-    parser.add_argument("views", nargs="*", default=["rgb", "rgbd", "map"])
+    parser.add_argument("views", nargs="*", default=["rgb", "rgbd", "map"], help="views to screen (see above)")
     parser.add_argument("--episodes", type=positive_int, default=1200, help="episodes to collect, or to train on")
     parser.add_argument("--seed", type=int, default=7, help="seed of the collection's workers and poses")
     parser.add_argument("--eval-episodes", type=positive_int, default=100, help="greedy test scenes per view")
@@ -239,6 +258,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--refit-seed", type=int, default=0, help="seed of the refit's weights and order")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/view-screen")
     args = parser.parse_args(argv)
+    for name in args.views:
+        try:
+            parse_view(name)
+        except ValueError as error:
+            parser.error(str(error))
     args.out.mkdir(parents=True, exist_ok=True)
     store = args.out / "episodes.npz"
     torch.set_num_threads(1)
