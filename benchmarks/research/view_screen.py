@@ -18,7 +18,9 @@ passes, batches of 32, Adam at 1e-3), and plays it greedily on the benchmark's t
   rgbd:     the same with the height image as a fourth channel;
   map:      a 40x40-cell crop of the top-down map (colour and height) centred on the pose and turned by
             the gripper's angle, flipped at random in training (the gripper's two mirror symmetries);
-  overhead: the same crop of the overhead camera's map: the tray without the oblique camera's occlusion.
+  overhead: the same crop of the overhead camera's map: the tray without the oblique camera's occlusion;
+  map-fixed, overhead-fixed: the same maps' crops not turned (rows along x, as the map's) and not
+            flipped: what the gripper's frame and its symmetries do to the map's networks.
 A digit K after a view's name (rgbd2, map2, overhead2) adds K - 1 wider crops of the same samples
 around the pose, 2, 4, ... times as wide, as more channels: the agent's --patch-scales.
 Writes OUT/screen.csv, one row per view: episodes trained on, successes, the 95% interval.
@@ -76,7 +78,7 @@ def views(pool: ProcessEnvPool, index: int, frame: np.ndarray) -> dict[str, np.n
 # Networks: each maps (views as float tensors, poses (B, P, 3)) -> logits (B, P)
 
 
-VIEWS = ("rgb", "rgbd", "map", "overhead")
+VIEWS = ("rgb", "rgbd", "map", "overhead", "map-fixed", "overhead-fixed")
 
 
 def parse_view(name: str) -> tuple[str, int]:
@@ -93,16 +95,17 @@ def image_input(batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         return batch["rgb"]
     if view == "rgbd":
         return torch.cat((batch["rgb"], batch["height"]), dim=1)
-    return batch[view]
+    return batch[view.removesuffix("-fixed")]
 
 
 class MapNet(nn.Module):
     """Crops of the top-down map in the gripper's frame: CROP x CROP cells around (x, y), turned by the angle, and
-    with `scales` K above 1, K - 1 more of the same samples 2, 4, ... times as wide, as more channels."""
+    with `scales` K above 1, K - 1 more of the same samples 2, 4, ... times as wide, as more channels. Unless `turn`,
+    the crops keep the map's axes whatever the angle."""
 
-    def __init__(self, scales: int = 1) -> None:
+    def __init__(self, scales: int = 1, turn: bool = True) -> None:
         super().__init__()
-        self.scales = scales
+        self.scales, self.turn = scales, turn
         half = (torch.arange(CROP, dtype=torch.float32) - (CROP - 1) / 2) * MAP_CELL
         u, v = torch.meshgrid(half, half, indexing="ij")
         self.u: torch.Tensor
@@ -121,7 +124,7 @@ class MapNet(nn.Module):
         runs along the fingers' closing axis, which points to (cos a, -sin a) in the world for a commanded angle a."""
         b, p = poses.shape[:2]
         x, y, a = (poses[..., k].reshape(-1, 1, 1) for k in range(3))
-        cos, sin = torch.cos(a), torch.sin(a)
+        cos, sin = (torch.cos(a), torch.sin(a)) if self.turn else (torch.ones_like(a), torch.zeros_like(a))
         source = maps.repeat_interleave(p, dim=0)
         crops = []
         for k in range(self.scales):
@@ -150,9 +153,9 @@ class MapNet(nn.Module):
 
 def make_net(name: str) -> nn.Module:
     view, scales = parse_view(name)
-    if view in ("map", "overhead"):
-        net = MapNet(scales)
-        net.flip = True
+    if view not in ("rgb", "rgbd"):
+        net = MapNet(scales, turn=not view.endswith("-fixed"))
+        net.flip = net.turn
         return net
     return GraspNet(OBLIQUE, rgb=True, height=view == "rgbd", patch_scales=scales)
 
