@@ -65,6 +65,10 @@ class Configuration:
         rows = [row for row in rows if up_to is None or int(row["episode"]) <= up_to]
         return sorted(rows, key=lambda row: int(row["episode"]))
 
+    def reached(self, episodes: int) -> bool:
+        """Whether the run has a greedy test-object evaluation at `episodes` or later: it is not still on its way."""
+        return any(int(row["episode"]) >= episodes for row in self.evaluations())
+
     def best(self, up_to: int | None = None) -> dict:
         """The greedy test-object evaluation with the most successes (the earliest of equals), up to `up_to`."""
         return max(self.evaluations(up_to=up_to), key=lambda row: int(row["successes"]))
@@ -171,7 +175,8 @@ POSE_192PX_SEEDS = (f"{POSE_BEST}-192px", f"{POSE_BEST}-192px-seed2")
 
 def seeds_table(results: Path, names: tuple[str, ...]) -> str:
     """Runs of one configuration side by side, by seed: greedy test-object successes after 1,000 episodes, at the
-    best evaluation and at the last within BUDGET episodes, each with its episode and training time."""
+    best evaluation and at the last within BUDGET episodes, each with its episode and training time. A run still on
+    its way to BUDGET has no best yet, and its last evaluation so far is marked so."""
 
     def cell(row: dict | None) -> str:
         return "-" if row is None else f"{successes(row)} at {int(row['episode']):,} ({minutes(row)})"
@@ -183,8 +188,10 @@ def seeds_table(results: Path, names: tuple[str, ...]) -> str:
         seed = flags[flags.index("--seed") + 1] if "--seed" in flags else str(training_parser().get_default("seed"))
         evaluations = configuration.evaluations(up_to=BUDGET)
         at_1000 = next((row for row in evaluations if int(row["episode"]) == 1000), None)
-        best, last = (configuration.best(BUDGET), evaluations[-1]) if evaluations else (None, None)
-        rows.append([f"{seed} (`{name}`)", cell(at_1000), cell(best), cell(last)])
+        done = configuration.reached(BUDGET)
+        best, last = configuration.best(BUDGET) if done else None, evaluations[-1] if evaluations else None
+        so_far = "" if done or last is None else ", so far"
+        rows.append([f"{seed} (`{name}`)", cell(at_1000), cell(best), cell(last) + so_far])
     within = f"within {BUDGET:,} episodes"
     return markdown(["seed", "after 1,000 episodes", f"best evaluation {within}", f"last evaluation {within}"], rows)
 
@@ -259,7 +266,7 @@ def status_lines(results: Path) -> str:
     pose_last, lecture_last = pose.evaluations()[-1], lecture.evaluations()[-1]
     pose_best = pose.best()
     others = [Configuration.load(name, results) for name in POSE_BEST_SEEDS if name != POSE_BEST]
-    others = [other for other in others if other.evaluations()]
+    others = [other for other in others if other.reached(BUDGET)]
     seeds_best = listing([f"{100 * float(other.best(BUDGET)['rate']):.1f}" for other in others])
     seeds_last = listing([f"{100 * float(other.evaluations(up_to=BUDGET)[-1]['rate']):.1f}" for other in others])
     sb3 = Configuration.load("sb3-dqn", results)

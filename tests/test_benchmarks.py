@@ -289,6 +289,24 @@ def test_the_seeds_table_keeps_to_the_budget_and_a_longer_run_gets_its_own_rows(
     assert f"| `{name}` | {tables.BUDGET:,} |" in beyond
 
 
+def test_a_run_still_on_its_way_to_the_budget_has_no_best_yet_and_stays_out_of_the_readme_line(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*.png", "*.npz", "*.pt"))
+    name = tables.POSE_BEST_SEEDS[1]
+    csv_path = results / name / "learning.csv"
+    lines = csv_path.read_text().splitlines()
+    kept = [line for line in lines if ",greedy,test," not in line or int(line.split(",")[0]) <= 1000]
+    csv_path.write_text("\n".join(kept) + "\n")
+    at_1000 = next(line.split(",") for line in kept if line.startswith("1000,") and ",greedy,test," in line)
+    row = next(line for line in tables.seeds_table(results, tables.POSE_BEST_SEEDS).splitlines() if name in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[2] == "-", "no best before the budget is reached"
+    assert cells[3].startswith(f"{at_1000[4]}/200") and cells[3].endswith(", so far")
+    full_line = tables.status_lines(ROOT / "benchmarks" / "results")
+    line = tables.status_lines(results)
+    assert line != full_line and line.count(", ") < full_line.count(", "), "one seed fewer in the README's line"
+
+
 def test_worker_memory_reads_a_torch_free_workers_memory_after_its_resets(tmp_path):
     output = tmp_path / "memory.csv"
     result = subprocess.run(
