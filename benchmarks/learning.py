@@ -269,10 +269,11 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
     axes[0].set_ylabel("greedy success rate, % (95% CI)")
     axes[0].set_ylim(0, 100)
     handles, labels = axes[0].get_legend_handles_labels()
-    legend_rows = -(-len(labels) // 4)
+    columns = 3  # the longest labels (a run's name and its objects) fit three to a row
+    legend_rows = -(-len(labels) // columns)
     height = 4.5 + 0.2 * legend_rows
     figure.set_figheight(height)
-    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)  # below the axes, hiding no point
+    figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8)  # below the axes, hiding no point
     figure.suptitle("KUKA grasping: greedy success during training")
     figure.tight_layout(rect=(0, (0.2 * legend_rows + 0.1) / height, 1, 1))
     figure.savefig(out, dpi=120)
