@@ -14,6 +14,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common import Batch, ReplayMemory
+from grasping.environment import quiet_pybullet
 
 ROOT = Path(__file__).resolve().parent.parent
 """The project folder, where the scripts are."""
@@ -69,6 +70,22 @@ def stream_transitions(memory: ReplayMemory, stream: int, n_step: int = 1, gamma
     """Every transition `memory.sample` could draw from `stream`, oldest first, as one batch."""
     steps = np.arange(memory.oldest[stream], max(memory.oldest[stream], memory.pushed[stream] - (n_step - 1)))
     return memory.gather(np.full(len(steps), stream), steps, n_step, gamma)
+
+
+def clear_tray(env) -> None:
+    """Move the scene's objects far from the tray, so that only its floor (and the arm) is left in view."""
+    pybullet = quiet_pybullet()
+    for uid in env._objectUids:
+        pybullet.resetBasePositionAndOrientation(uid, (3.0, 3.0, 0.0), (0, 0, 0, 1))
+
+
+def add_box(centre: tuple[float, float], half: tuple[float, float, float], bottom_z: float) -> None:
+    """A static red box with half extents `half` (x, y, z) in metres, centred on `centre` (x, y), its bottom at
+    `bottom_z`."""
+    pybullet = quiet_pybullet()
+    shape = pybullet.createCollisionShape(pybullet.GEOM_BOX, halfExtents=half)
+    visual = pybullet.createVisualShape(pybullet.GEOM_BOX, halfExtents=half, rgbaColor=(1, 0, 0, 1))
+    pybullet.createMultiBody(0, shape, visual, (*centre, bottom_z + half[2]))
 
 
 @pytest.fixture

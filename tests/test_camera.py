@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import add_box, clear_tray
 
 from common import seed_everything
 from grasping.camera import FLOOR_Z, MAP_SHAPE, camera_matrix, heights, map_cell, topdown_map, unproject
-from grasping.environment import camera_with_depth, make_env, quiet_pybullet
+from grasping.environment import camera_with_depth, make_env
 from grasping.pose_agent import pixel_of
 
 BOX_CENTRE, BOX_HALF = (0.60, 0.05), (0.02, 0.03, 0.025)
@@ -20,21 +21,17 @@ def scene_with_box():
     """A test scene with the arm's start pose, its objects moved far away, and a static box on the floor; the
     camera's colour and depth buffer at 256x256, the box's top z, the floor's z under it, the floor's points as
     the camera saw them before the box, and the environment's observation with its height channel at 96x96."""
-    pybullet = quiet_pybullet()
     seed_everything(4)
     env = make_env(is_test=True, max_steps=20, camera_size=96, height=True)
     try:
         env.reset()
-        for uid in env._objectUids:
-            pybullet.resetBasePositionAndOrientation(uid, (3.0, 3.0, 0.0), (0, 0, 0, 1))
+        clear_tray(env)
         rgb, depth = camera_with_depth(env, 256)
         floor = unproject(depth)
         cell = np.floor(map_cell(np.array(BOX_CENTRE))).astype(int)
         floor_z = float(topdown_map(rgb, depth)[3, cell[0], cell[1]]) / 1000 + FLOOR_Z
-        shape = pybullet.createCollisionShape(pybullet.GEOM_BOX, halfExtents=BOX_HALF)
-        visual = pybullet.createVisualShape(pybullet.GEOM_BOX, halfExtents=BOX_HALF, rgbaColor=(1, 0, 0, 1))
+        add_box(BOX_CENTRE, BOX_HALF, floor_z)
         top = floor_z + 2 * BOX_HALF[2]
-        pybullet.createMultiBody(0, shape, visual, (*BOX_CENTRE, top - BOX_HALF[2]))
         rgb, depth = camera_with_depth(env, 256)
         yield rgb, depth, top, floor_z, floor, env._get_observation()
     finally:

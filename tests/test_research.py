@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error
+from conftest import ROOT, add_box, assert_one_line_error, clear_tray
 
 from benchmarks.research import approach_probe, choice_screen, fixed_scenes, probe, replay_screen, scene_ceiling
 from benchmarks.research.input_probe import collect as collect_outcomes
@@ -375,12 +375,9 @@ def test_the_overhead_camera_maps_a_box_at_its_cell_and_height_and_puts_the_arm_
     env = make_env(is_test=True, camera_size=96)
     try:
         env.reset()
-        for uid in env._objectUids:
-            pybullet.resetBasePositionAndOrientation(uid, (3.0, 3.0, 0.0), (0, 0, 0, 1))
+        clear_tray(env)
         centre, half, floor_z = (0.60, 0.05), (0.02, 0.03, 0.025), -0.184
-        shape = pybullet.createCollisionShape(pybullet.GEOM_BOX, halfExtents=half)
-        visual = pybullet.createVisualShape(pybullet.GEOM_BOX, halfExtents=half, rgbaColor=(1, 0, 0, 1))
-        pybullet.createMultiBody(0, shape, visual, (*centre, floor_z + half[2]))
+        add_box(centre, half, floor_z)
         arm = env._kuka.kukaUid
         before = pybullet.getBasePositionAndOrientation(arm)
         top_map = topdown_map(*overhead_with_depth(env, 192), matrix=overhead_matrix())
