@@ -13,7 +13,8 @@ episodes, with the same scenes every time (--eval-seed); the random policy is me
 way, as the line to beat. A call stops after --minutes (or on Ctrl-C or a kill, which it passes on to
 the training; an evaluation under way is finished first) and the next call continues where it stopped
 (training resumes from its saved state, replay memory included), so a long run can be done in pieces. Every call redraws
-benchmarks/results/learning.png with all configurations.
+benchmarks/results/learning.png with all configurations. The saved states stay out of git: on a fresh clone, a call
+for a configuration measured to its --episodes only redraws the plots, and one that would go further is refused.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ def saved_state(folder: Path) -> tuple[int, float]:
         return 0, 0.0
     state = torch.load(path, map_location="cpu", weights_only=True)
     return int(state["episode"]), float(state["elapsed_seconds"])
+
+
+def last_evaluation(folder: Path) -> int:
+    """The episode of the configuration's last greedy evaluation in its learning.csv (0: none yet)."""
+    return max((int(r["episode"]) for r in read_rows(folder / "learning.csv") if r["policy"] == "greedy"), default=0)
 
 
 def snapshot(folder: Path, episode: int) -> Path:
@@ -359,6 +365,12 @@ def parse_args() -> argparse.Namespace:
                 "scenes; pass the same, none, or another name"
             )
         setattr(args, key, config.get(key, default) if given is None else given)
+    evaluated = last_evaluation(folder)
+    if saved_state(folder)[0] < evaluated < args.episodes:  # a fresh clone: the CSV travels, the state (*.pt) not
+        parser.error(
+            f"{folder / 'learning.csv'} holds evaluations to episode {evaluated}, but the state to go on from "
+            f"({resume_path(folder / 'policy_dqn.pt').name}) is not here; pass another name to train anew"
+        )
     settings = {key: getattr(args, key) for key in RUN_SETTINGS}
     machine = config.get("machine") or machine_name(args.eval_device)  # where the configuration's first call ran
     with atomic_write(config_path) as file:  # rewritten by every call: never left half-written
@@ -418,6 +430,9 @@ def train_to(target: int, args: argparse.Namespace, deadline: float) -> None:
 def run(args: argparse.Namespace, deadline: float) -> None:
     """Evaluate what is owed, train to the next evaluation, and so on, until --episodes or the solve condition."""
     done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(args.folder / "learning.csv")}
+    if last_evaluation(args.folder) > saved_state(args.folder)[0]:  # trained elsewhere, to --episodes (parse_args)
+        print(f"{args.name}: all {args.episodes} episodes were trained and evaluated where its saved state is kept")
+        return
     while True:
         evaluate_due(args, done, deadline)
         episode = saved_state(args.folder)[0]

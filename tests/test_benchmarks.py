@@ -87,6 +87,20 @@ def test_learning_benchmark_resumes_and_writes_csv_and_plots(tmp_path):
     assert missing.returncode == 2 and "nothing/learning.csv does not exist" in missing.stderr
     compared = learning(tmp_path, "--plot-with", "tiny")
     assert compared.returncode == 0 and (folder / "comparison.png").exists(), compared.stderr
+    state = resume_path(folder / "policy_dqn.pt")
+    state.rename(tmp_path / "elsewhere.pt")  # as on a fresh clone: the CSV came, the state did not
+    csv_text = (folder / "learning.csv").read_text()
+    replotted = learning(tmp_path, "--plot-with", "tiny")
+    assert replotted.returncode == 0, replotted.stderr
+    assert "all 3 episodes were trained and evaluated where its saved state is kept" in replotted.stdout
+    assert not state.exists() and (folder / "learning.csv").read_text() == csv_text, "nothing trained again"
+    further = learning(tmp_path, "--episodes", "4")
+    assert further.returncode == 2 and further.stderr.strip().splitlines()[-1].endswith(
+        "learning.csv holds evaluations to episode 3, but the state to go on from (policy_dqn.resume.pt) is not "
+        "here; pass another name to train anew"
+    )
+    assert json.loads((folder / "config.json").read_text())["episodes"] == 3, "a refused call changes nothing"
+    (tmp_path / "elsewhere.pt").rename(state)
     other = learning(tmp_path, "--episodes", "3", *TINY, "--", "--double-dqn")
     assert other.returncode != 0 and "holds training flags" in other.stderr
     scenes = learning(tmp_path, "--eval-envs", "2")
