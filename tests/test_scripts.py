@@ -494,10 +494,12 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_keeps_everything(workdir, num_envs,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        deadline = time.monotonic() + 120
-        while not list((workdir / "runs" / "c").glob("events.out.tfevents.*")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(4)  # a few episodes into the loop
+        logdir = workdir / "runs" / "c"
+        deadline = time.monotonic() + 120  # until the first episode is in TensorBoard (flushed each second)
+        while time.monotonic() < deadline and not (
+            list(logdir.glob("events.out.tfevents.*")) and read_events(logdir)[0]["epsilon"]
+        ):
+            time.sleep(0.5)
         os.killpg(process.pid, signum)
         stdout, stderr = process.communicate(timeout=120)
     finally:
