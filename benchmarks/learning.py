@@ -287,7 +287,8 @@ def plot(results: Path, out: Path, names: list[str]) -> None:
 
 def parse_args() -> argparse.Namespace:
     """This script's flags, completed from (and written back to) the configuration's config.json; the training
-    flags in `train_flags`, its folder in `folder`."""
+    flags in `train_flags`, its folder in `folder`, and in `trained_elsewhere` whether its CSV is measured past the
+    state saved here (a fresh clone, to --episodes: a run that would go further is refused)."""
     argv = sys.argv[1:]
     train_flags = argv[argv.index("--") + 1 :] if "--" in argv else None
     own = argv[: argv.index("--")] if "--" in argv else argv
@@ -365,8 +366,8 @@ def parse_args() -> argparse.Namespace:
                 "scenes; pass the same, none, or another name"
             )
         setattr(args, key, config.get(key, default) if given is None else given)
-    evaluated = last_evaluation(folder)
-    if saved_state(folder)[0] < evaluated < args.episodes:  # a fresh clone: the CSV travels, the state (*.pt) not
+    evaluated, trained = last_evaluation(folder), saved_state(folder)[0]
+    if trained < evaluated < args.episodes:  # a fresh clone: the CSV travels, the state (*.pt) not
         parser.error(
             f"{folder / 'learning.csv'} holds evaluations to episode {evaluated}, but the state to go on from "
             f"({resume_path(folder / 'policy_dqn.pt').name}) is not here; pass another name to train anew"
@@ -376,6 +377,7 @@ def parse_args() -> argparse.Namespace:
     with atomic_write(config_path) as file:  # rewritten by every call: never left half-written
         file.write((json.dumps({"train_flags": train_flags, **settings, "machine": machine}, indent=1) + "\n").encode())
     args.train_flags, args.folder = train_flags, folder
+    args.trained_elsewhere = trained < evaluated  # to --episodes (refused above otherwise): nothing left to do here
     return args
 
 
@@ -430,7 +432,7 @@ def train_to(target: int, args: argparse.Namespace, deadline: float) -> None:
 def run(args: argparse.Namespace, deadline: float) -> None:
     """Evaluate what is owed, train to the next evaluation, and so on, until --episodes or the solve condition."""
     done = {(r["policy"], r["objects"], int(r["episode"])) for r in read_rows(args.folder / "learning.csv")}
-    if last_evaluation(args.folder) > saved_state(args.folder)[0]:  # trained elsewhere, to --episodes (parse_args)
+    if args.trained_elsewhere:
         print(f"{args.name}: all {args.episodes} episodes were trained and evaluated where its saved state is kept")
         return
     while True:
