@@ -72,7 +72,8 @@ def preprocess_frame(obs: np.ndarray, size: int = SCREEN_SIZE, rgb: bool = False
 @dataclass(frozen=True)
 class Observation:
     """What the network sees of each camera image: a `size` x `size` frame, grayscale (the lecture's) or RGB, and
-    with `height` a last channel: the height of what each pixel shows, in millimetres above the tray's floor.
+    with `height` a last channel: the height of what each pixel shows, in millimetres above the tray's floor. With
+    `overhead` the images come from a second camera straight above the tray, not the environment's oblique one.
 
     The camera renders at the environment's 48x48, or at `size` when that is larger, so that a
     larger input holds more detail rather than an enlarged image. Checkpoints record the fields.
@@ -81,6 +82,7 @@ class Observation:
     size: int = SCREEN_SIZE
     rgb: bool = False
     height: bool = False
+    overhead: bool = False
 
     @property
     def camera_size(self) -> int:

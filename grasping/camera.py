@@ -5,9 +5,16 @@ KukaDiverseObjectEnv renders with one view and projection at every reset (camera
 OpenGL's: a value in [0, 1] per pixel, nonlinear between the near and far planes; with the inverse of
 projection x view it gives back the world point the pixel shows. The heights of those points, binned from
 above, make the top-down map of the tray.
+
+A second camera, which the environment does not have (`--overhead`), looks straight down on the tray from
+OVERHEAD["height"] metres with a narrow field of view: close to an orthographic view, with no floor hidden behind
+the objects.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 
@@ -21,17 +28,34 @@ MAP_X, MAP_Y, MAP_CELL = (0.42, 0.74), (-0.25, 0.31), 0.004
 4 mm cells; rows run along x, columns along y."""
 MAP_SHAPE = (round((MAP_X[1] - MAP_X[0]) / MAP_CELL), round((MAP_Y[1] - MAP_Y[0]) / MAP_CELL))
 """(rows, columns) of the top-down map: (80, 140)."""
+OVERHEAD = dict(height=3.0, near=1.0, far=5.0)
+"""The overhead camera's height above z 0 and its near and far planes, in metres."""
+OVERHEAD_CENTRE = ((MAP_X[0] + MAP_X[1]) / 2, (MAP_Y[0] + MAP_Y[1]) / 2)
+"""Where the overhead camera looks down, (x, y): the map's centre."""
+OVERHEAD_FOV = 2 * math.degrees(math.atan((MAP_Y[1] - MAP_Y[0]) / 2 / (OVERHEAD["height"] + 0.2)))
+"""Wide enough to see the map's full width (y) at the tray's floor (z about -0.18), with a little to spare; the
+image's rows run along x, its columns along y."""
 
 
-def camera_matrix() -> np.ndarray:
-    """The environment camera's projection times view matrix (4x4, row-major): world point to clip space."""
+def view_and_projection(overhead: bool = False) -> tuple[Any, Any]:
+    """The environment camera's view and projection matrices, or the overhead camera's, as pybullet takes them (16
+    floats each, column-major)."""
     from grasping.environment import quiet_pybullet
 
     pybullet = quiet_pybullet()
+    if overhead:
+        view = pybullet.computeViewMatrix((*OVERHEAD_CENTRE, OVERHEAD["height"]), (*OVERHEAD_CENTRE, 0.0), (-1, 0, 0))
+        return view, pybullet.computeProjectionMatrixFOV(OVERHEAD_FOV, 1.0, OVERHEAD["near"], OVERHEAD["far"])
     view = pybullet.computeViewMatrixFromYawPitchRoll(
         CAMERA["look"], CAMERA["distance"], CAMERA["yaw"], CAMERA["pitch"], 0, 2
     )
-    projection = pybullet.computeProjectionMatrixFOV(CAMERA["fov"], 1.0, CAMERA["near"], CAMERA["far"])
+    return view, pybullet.computeProjectionMatrixFOV(CAMERA["fov"], 1.0, CAMERA["near"], CAMERA["far"])
+
+
+def camera_matrix(overhead: bool = False) -> np.ndarray:
+    """The environment camera's projection times view matrix, or the overhead camera's (4x4, row-major): world point
+    to clip space."""
+    view, projection = view_and_projection(overhead)
     return np.array(projection).reshape(4, 4).T @ np.array(view).reshape(4, 4).T
 
 

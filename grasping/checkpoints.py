@@ -77,7 +77,7 @@ def checkpoint_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str,
 
 def observation_of(config: dict[str, Any]) -> Observation:
     """The frames a network of this checkpoint `config` takes."""
-    return Observation(config["image_size"], config["rgb"], config.get("height", False))
+    return Observation(config["image_size"], config["rgb"], config.get("height", False), config.get("overhead", False))
 
 
 @contextlib.contextmanager

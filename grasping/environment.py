@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from grasping.camera import heights, unproject
+from grasping.camera import camera_matrix, heights, unproject, view_and_projection
 from grasping.cli import UsageError
 
 CAMERA_SIZE = 48
@@ -93,15 +93,17 @@ def grasp_env_class() -> Any:
         with the cache a worker grows with every object it has not seen yet (bullet3 issue 2277; pfrl
         turns it off too), without it the worker stays flat (docs/parallel.md has the figures).
 
-        With `height_channel`, each observation carries a fourth channel: the height of what each pixel shows.
+        With `height_channel`, each observation carries a fourth channel: the height of what each pixel shows. With
+        `overhead`, the observations come from a second camera straight above the tray instead of the environment's
+        oblique one (`camera_with_depth`).
 
         The parent's __del__ disconnects the global client unconditionally: after an explicit disconnect
         it prints "Not connected to physics server", and since pybullet reuses client ids it could even
         disconnect a newer environment in the same process.
         """
 
-        def __init__(self, height_channel: bool = False, **options: Any) -> None:
-            self.height_channel = height_channel
+        def __init__(self, height_channel: bool = False, overhead: bool = False, **options: Any) -> None:
+            self.height_channel, self.overhead = height_channel, overhead
             super().__init__(**options)
             pybullet.setPhysicsEngineParameter(enableFileCaching=0, physicsClientId=self.cid)
             if height_channel:
@@ -110,10 +112,12 @@ def grasp_env_class() -> Any:
         def _get_observation(self) -> np.ndarray:
             """The camera's colour (H, W, 3), or with `height_channel` (H, W, 4): the colour and the height of what
             each pixel shows (`camera.heights` of the depth buffer unprojected), from the same render."""
-            if not self.height_channel:
+            if not (self.height_channel or self.overhead):
                 return super()._get_observation()
-            rgb, depth = camera_with_depth(self, self._width, pybullet)
-            return np.dstack((rgb, heights(unproject(depth)[..., 2])))
+            rgb, depth = camera_with_depth(self, self._width, pybullet, self.overhead)
+            if not self.height_channel:
+                return rgb
+            return np.dstack((rgb, heights(unproject(depth, camera_matrix(self.overhead))[..., 2])))
 
         def close(self) -> None:
             if not getattr(self, "_disconnected", False) and hasattr(self, "cid"):
@@ -153,17 +157,24 @@ def display_problem() -> str | None:
 
 
 def make_env(
-    is_test: bool, max_steps: int = 20, renders: bool = False, camera_size: int = CAMERA_SIZE, height: bool = False
+    is_test: bool,
+    max_steps: int = 20,
+    renders: bool = False,
+    camera_size: int = CAMERA_SIZE,
+    height: bool = False,
+    overhead: bool = False,
 ) -> Any:
     """The lecture's environment: 7 discrete actions, automatic descent, 48x48 RGB observations.
 
     `is_test` picks the held-out test objects instead of the training objects; `renders` opens
     the PyBullet GUI (check `display_problem` first); `camera_size` renders the observations at
-    another size, from the same camera; `height` adds the height channel (H, W, 4). The class drives
+    another size, from the same camera; `height` adds the height channel (H, W, 4); `overhead` renders them from a
+    second camera straight above the tray (`camera_with_depth`). The class drives
     pybullet's global client, so keep one environment per process and close() it when done.
     """
     return grasp_env_class()(
         height_channel=height,
+        overhead=overhead,
         renders=renders,
         isDiscrete=True,
         removeHeightHack=False,
@@ -186,13 +197,33 @@ def render_scene(env: Any, size: int = 256, pybullet: Any = None) -> np.ndarray:
     return np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
 
 
-def camera_with_depth(env: Any, size: int, pybullet: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """The environment's own camera at `size` x `size`: RGB uint8 (size, size, 3) and the depth buffer float32
-    (size, size) in [0, 1], nonlinear between the near and far planes (OpenGL's convention)."""
+def camera_with_depth(
+    env: Any, size: int, pybullet: Any = None, overhead: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The environment's own camera at `size` x `size`, or with `overhead` the camera straight above the tray
+    (`camera.view_and_projection`): RGB uint8 (size, size, 3) and the depth buffer float32 (size, size) in [0, 1],
+    nonlinear between the near and far planes (OpenGL's convention).
+
+    The arm's start pose hangs above the tray, in the overhead camera's way: the arm is lifted out of its view
+    while it renders and put back where it was. Rendering steps no physics, so the episode goes on unchanged.
+    """
     if pybullet is None:
         pybullet = quiet_pybullet()
-    _, _, image, depth, _ = pybullet.getCameraImage(
-        size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix, physicsClientId=env.cid
-    )
+    if not overhead:
+        _, _, image, depth, _ = pybullet.getCameraImage(
+            size, size, viewMatrix=env._view_matrix, projectionMatrix=env._proj_matrix, physicsClientId=env.cid
+        )
+    else:
+        arm = env._kuka.kukaUid
+        position, orientation = pybullet.getBasePositionAndOrientation(arm, physicsClientId=env.cid)
+        lifted = (position[0], position[1], position[2] + 100.0)
+        pybullet.resetBasePositionAndOrientation(arm, lifted, orientation, physicsClientId=env.cid)
+        try:
+            view, projection = view_and_projection(overhead=True)
+            _, _, image, depth, _ = pybullet.getCameraImage(
+                size, size, viewMatrix=view, projectionMatrix=projection, physicsClientId=env.cid
+            )
+        finally:
+            pybullet.resetBasePositionAndOrientation(arm, position, orientation, physicsClientId=env.cid)
     rgb = np.reshape(np.asarray(image, dtype=np.uint8), (size, size, 4))[:, :, :3].copy()
     return rgb, np.reshape(np.asarray(depth, dtype=np.float32), (size, size))

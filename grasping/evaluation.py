@@ -166,11 +166,19 @@ def evaluate(
         observation = observation_of(agent_config(saved, checkpoint)[1])
     env: Any  # pybullet's gym environment (untyped), or an EnvPool
     if in_process(backend, num_envs):
-        env = make_env(is_test, max_steps, render, observation.camera_size, observation.height)
+        env = make_env(is_test, max_steps, render, observation.camera_size, observation.height, observation.overhead)
         n_actions = env.action_space.n
     else:
         env = open_pool(
-            backend, num_envs, seed, is_test, max_steps, observation.camera_size, observation.height, ray_address
+            backend,
+            num_envs,
+            seed,
+            is_test,
+            max_steps,
+            observation.camera_size,
+            observation.height,
+            observation.overhead,
+            ray_address,
         )
         n_actions = env.n_actions
         if backend == "ray" and on_start is not None:

@@ -67,7 +67,7 @@ DQN_ONLY = (
     "network",
 )
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
-POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height", "patch_scales")
+POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height", "patch_scales", "overhead")
 """Flags of the pose agent, refused with --agent dqn."""
 LEARNING_FLAGS = (
     "batch_size",
@@ -239,6 +239,14 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="--agent pose: add a channel to each frame, the height of what each pixel shows (the same camera's "
         "depth buffer, in millimetres above the tray's floor); the checkpoint records it",
+    )
+    parser.add_argument(
+        "--overhead",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="--agent pose: see the tray through a second camera straight above it, which the environment does not "
+        "have (the arm lifted out of its view while it renders), instead of the environment's oblique camera; the "
+        "checkpoint records it",
     )
     parser.add_argument(
         "--patch-scales",

@@ -81,6 +81,7 @@ def open_pool(
     max_steps: int = 20,
     camera_size: int = CAMERA_SIZE,
     height: bool = False,
+    overhead: bool = False,
     ray_address: str | None = None,
 ) -> EnvPool:
     """The environments `--backend` names: this machine's worker processes ("local") or Ray actors ("ray"); Ray,
@@ -88,8 +89,8 @@ def open_pool(
     if backend == "ray":
         from grasping.ray_pool import RayEnvPool
 
-        return RayEnvPool(num_envs, seed, is_test, max_steps, camera_size, height, address=ray_address)
-    return ProcessEnvPool(num_envs, seed, is_test, max_steps, camera_size, height)
+        return RayEnvPool(num_envs, seed, is_test, max_steps, camera_size, height, overhead, address=ray_address)
+    return ProcessEnvPool(num_envs, seed, is_test, max_steps, camera_size, height, overhead)
 
 
 def in_process(backend: str, num_envs: int) -> bool:

@@ -44,9 +44,9 @@ MAX_PATCH_SCALES = 4
 """The most patches a GraspNet stacks: the widest is then 8 times the patch, beyond the frame on most sides."""
 EXPLORATIONS = ("uniform", "boltzmann")
 """How an exploring episode draws the final pose it heads for (`PosePolicy`)."""
-POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False, "patch_scales": 1}
+POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False, "patch_scales": 1, "overhead": False}
 """The pose agent as a checkpoint's `config` records it, with the pose preset's frames (a checkpoint saved before
-the height channel or the wider patches existed has no "height" or "patch_scales": they are read as here)."""
+the height channel, the wider patches or the overhead camera existed lacks their keys: they are read as here)."""
 
 
 class PoseLattice:
@@ -105,9 +105,11 @@ def image_coordinates(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tenso
     return torch.stack((ndc[..., 0], -ndc[..., 1]), dim=-1)
 
 
-def pixel_of(points: np.ndarray, size: int) -> np.ndarray:
-    """World points (P, 3) -> (column, row) in a `size` x `size` camera image, pixel j covering [j, j + 1)."""
-    grid = image_coordinates(torch.as_tensor(points, dtype=torch.float64), torch.from_numpy(camera_matrix()))
+def pixel_of(points: np.ndarray, size: int, overhead: bool = False) -> np.ndarray:
+    """World points (P, 3) -> (column, row) in a `size` x `size` image of the environment's camera, or of the
+    overhead one, pixel j covering [j, j + 1)."""
+    matrix = torch.from_numpy(camera_matrix(overhead))
+    grid = image_coordinates(torch.as_tensor(points, dtype=torch.float64), matrix)
     return (grid.numpy() + 1) / 2 * size
 
 
@@ -119,15 +121,24 @@ class GraspNet(nn.Module):
     the angle enters as (sin 2a, cos 2a), since the two-finger gripper is the same turned by half a turn. With
     `patch_scales` K above 1, K - 1 more patches of the same number of samples, 2, 4, ... 2^(K-1) times as wide and
     centred alike, join it as more channels: the clutter around the pose, which the descending gripper meets.
+    With `overhead` the frames are the overhead camera's, and the patches lie in its image's axes (rows along x).
     """
 
-    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False, patch_scales: int = 1) -> None:
+    def __init__(
+        self,
+        image_size: int = 96,
+        rgb: bool = True,
+        height: bool = False,
+        patch_scales: int = 1,
+        overhead: bool = False,
+    ) -> None:
         super().__init__()
         self.image_size, self.rgb, self.height, self.patch_scales = image_size, rgb, height, patch_scales
+        self.overhead = overhead
         self.patch = image_size // PATCH_FRACTION
         self.camera: torch.Tensor
         self.offsets: torch.Tensor
-        self.register_buffer("camera", torch.from_numpy(camera_matrix()).float(), persistent=False)
+        self.register_buffer("camera", torch.from_numpy(camera_matrix(overhead)).float(), persistent=False)
         offsets = (torch.arange(self.patch, dtype=torch.float32) - (self.patch - 1) / 2) * 2 / image_size
         self.register_buffer(
             "offsets", torch.stack(torch.meshgrid(offsets, offsets, indexing="xy"), dim=-1), persistent=False
@@ -178,11 +189,14 @@ class GraspNet(nn.Module):
             "rgb": self.rgb,
             "height": self.height,
             "patch_scales": self.patch_scales,
+            "overhead": self.overhead,
         }
 
     @staticmethod
     def from_config(config: dict[str, Any]) -> GraspNet:
-        return GraspNet(config["image_size"], config["rgb"], config["height"], config["patch_scales"])
+        return GraspNet(
+            config["image_size"], config["rgb"], config["height"], config["patch_scales"], config["overhead"]
+        )
 
 
 def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
@@ -191,11 +205,12 @@ def pose_config(checkpoint: dict[str, Any], path: Path | str) -> dict[str, Any]:
     agent = saved.get("agent", "dqn") if isinstance(saved, dict) else None
     if agent != "pose":
         raise CheckpointError(f"{path}: a checkpoint of the {agent or 'unknown'} agent, not of --agent pose")
-    saved = {"height": False, "patch_scales": 1, **saved}
+    saved = {"height": False, "patch_scales": 1, "overhead": False, **saved}
     if (
         saved.keys() != POSE_CONFIG.keys()
         or not isinstance(saved["rgb"], bool)
         or not isinstance(saved["height"], bool)
+        or not isinstance(saved["overhead"], bool)
         or type(saved["image_size"]) is not int
         or saved["image_size"] < 8 * PATCH_FRACTION
         or type(saved["patch_scales"]) is not int
@@ -431,7 +446,9 @@ class PoseAgent:
         exploration: str = "uniform",
         patch_scales: int = 1,
     ) -> None:
-        self.net = GraspNet(observation.size, observation.rgb, observation.height, patch_scales).to(device)
+        self.net = GraspNet(
+            observation.size, observation.rgb, observation.height, patch_scales, observation.overhead
+        ).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         self.memory = EpisodeMemory(capacity, observation.frame_shape, device, seed)
         self.lattice = PoseLattice()

@@ -22,7 +22,7 @@ from grasping.environment import CAMERA_SIZE, make_env, render_scene, seed_envir
 
 
 def _env_worker(
-    connection: Connection, seed: int, is_test: bool, max_steps: int, camera_size: int, height: bool
+    connection: Connection, seed: int, is_test: bool, max_steps: int, camera_size: int, height: bool, overhead: bool
 ) -> None:
     """One worker process: its own environment, answering ("reset",) and ("step", action) over a pipe.
 
@@ -32,7 +32,7 @@ def _env_worker(
     env = None
     try:
         seed_environment(seed)
-        env = make_env(is_test, max_steps, camera_size=camera_size, height=height)
+        env = make_env(is_test, max_steps, camera_size=camera_size, height=height, overhead=overhead)
         connection.send(("ready", env.action_space.n))
         while True:
             command = connection.recv()
@@ -89,9 +89,11 @@ class ProcessEnvPool:
         max_steps: int = 20,
         camera_size: int = CAMERA_SIZE,
         height: bool = False,
+        overhead: bool = False,
     ) -> None:
         """`camera_size`: the side of the camera images the workers render (`Observation.camera_size`); `height`:
-        whether they add the height channel (`Observation.height`)."""
+        whether they add the height channel (`Observation.height`); `overhead`: whether they render from the camera
+        above the tray (`Observation.overhead`)."""
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads or CUDA
         self.connections: list[Connection] = []
         self.processes: list[multiprocessing.process.BaseProcess] = []
@@ -100,7 +102,7 @@ class ProcessEnvPool:
                 parent_end, child_end = context.Pipe()
                 process = context.Process(
                     target=_env_worker,
-                    args=(child_end, worker_seed(seed, index), is_test, max_steps, camera_size, height),
+                    args=(child_end, worker_seed(seed, index), is_test, max_steps, camera_size, height, overhead),
                     name=f"env-worker-{index}",
                     daemon=True,
                 )

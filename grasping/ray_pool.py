@@ -58,9 +58,11 @@ class EnvActor:
     """One environment in a Ray actor, answering reset, step and call as a `ProcessEnvPool` worker does: the camera
     image (a few kilobytes of uint8), the reward and done."""
 
-    def __init__(self, seed: int, is_test: bool, max_steps: int, camera_size: int, height: bool) -> None:
+    def __init__(
+        self, seed: int, is_test: bool, max_steps: int, camera_size: int, height: bool, overhead: bool
+    ) -> None:
         seed_environment(seed)
-        self.env = make_env(is_test, max_steps, camera_size=camera_size, height=height)
+        self.env = make_env(is_test, max_steps, camera_size=camera_size, height=height, overhead=overhead)
 
     def n_actions(self) -> int:
         return int(self.env.action_space.n)
@@ -102,6 +104,7 @@ class RayEnvPool:
         max_steps: int = 20,
         camera_size: int = CAMERA_SIZE,
         height: bool = False,
+        overhead: bool = False,
         address: str | None = None,
         max_replacements: int | None = None,
     ) -> None:
@@ -125,7 +128,7 @@ class RayEnvPool:
                     f"({next(iter(str(error).splitlines()), type(error).__name__)})"
                 ) from None
         self.remote_class = ray.remote(num_cpus=1)(EnvActor)
-        self.settings = (is_test, max_steps, camera_size, height)
+        self.settings = (is_test, max_steps, camera_size, height, overhead)
         self.seed, self.max_replacements = seed, max_replacements if max_replacements is not None else 2 * num_envs
         self.replacements = 0
         self.lost_episodes = 0

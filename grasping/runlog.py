@@ -188,6 +188,7 @@ class RunLog:
                 max_steps=self.args.max_steps,
                 camera_size=self.observation.camera_size,
                 height=self.observation.height,
+                overhead=self.observation.overhead,
             )
         recorder = record_greedy_episode(self.clip_pool, self.observation, self.greedy_policy())
         with stop_signals_deferred():

@@ -64,7 +64,8 @@ def config_flags(config: dict[str, Any]) -> str:
         colour = "--rgb" if config["rgb"] else "--no-rgb"
         height = " --height" if config.get("height", False) else ""
         scales = f" --patch-scales {config['patch_scales']}" if config.get("patch_scales", 1) != 1 else ""
-        return f"--agent pose --image-size {config['image_size']} {colour}{height}{scales}"
+        overhead = " --overhead" if config.get("overhead", False) else ""
+        return f"--agent pose --image-size {config['image_size']} {colour}{height}{scales}{overhead}"
     switches = [
         f"--{'' if config[key] else 'no-'}{key.replace('_', '-')}"
         for key in ("timestep_input", "first_frame_input", "pose_input")
@@ -282,10 +283,12 @@ def train(args: argparse.Namespace) -> TrainingRun:
     # reseeds with its episode so that it does not replay the first episodes' scenes.
     seed = args.seed + (resumed["episode"] if resumed else 0)
     seed_everything(seed)
-    observation = Observation(args.image_size, args.rgb, args.height)
+    observation = Observation(args.image_size, args.rgb, args.height, args.overhead)
     env: Any  # pybullet's gym environment (untyped), or an EnvPool
     if in_process(args.backend, args.num_envs):
-        env = make_env(False, args.max_steps, args.render, observation.camera_size, observation.height)
+        env = make_env(
+            False, args.max_steps, args.render, observation.camera_size, observation.height, observation.overhead
+        )
         n_actions = env.action_space.n
     else:
         torch.set_num_threads(1)  # the other cores belong to the workers' physics
@@ -297,6 +300,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
             args.max_steps,
             observation.camera_size,
             observation.height,
+            observation.overhead,
             args.ray_address,
         )
         n_actions = env.n_actions

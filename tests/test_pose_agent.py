@@ -295,10 +295,12 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
     with pytest.raises(CheckpointError, match="a checkpoint of the dqn agent, not of --agent pose"):
         pose_config({"policy_net_state_dict": {}}, "d.pt")
     assert pose_config(pose, "p.pt") == {
-        "agent": "pose", "image_size": 48, "rgb": True, "height": False, "patch_scales": 1
+        "agent": "pose", "image_size": 48, "rgb": True, "height": False, "patch_scales": 1, "overhead": False
     }  # fmt: skip
     before_height = {"agent": "pose", "image_size": 96, "rgb": True}  # saved before the height channel existed
-    assert pose_config({"config": before_height}, "old.pt") == {**before_height, "height": False, "patch_scales": 1}
+    assert pose_config({"config": before_height}, "old.pt") == {
+        **before_height, "height": False, "patch_scales": 1, "overhead": False
+    }  # fmt: skip
     for bad in (
         {"agent": "pose", "image_size": 20, "rgb": True},
         {"agent": "pose", "rgb": True},
@@ -307,6 +309,7 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
         {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 0},
         {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 5},
         {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 2.0},
+        {"agent": "pose", "image_size": 48, "rgb": True, "height": True, "patch_scales": 2, "overhead": "no"},
     ):
         with pytest.raises(CheckpointError, match="not a pose agent's configuration"):
             pose_config({"config": bad}, "p.pt")
@@ -317,13 +320,14 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
     "num_envs,learning",
     [
         (1, ("--exploration", "boltzmann")),
-        (2, ("--refit-every", "2", "--refit-epochs", "2", "--height", "--patch-scales", "2")),
+        (2, ("--refit-every", "2", "--refit-epochs", "2", "--height", "--patch-scales", "2", "--overhead")),
     ],
-    ids=["1-online-boltzmann", "2-refits-height-scales"],
+    ids=["1-online-boltzmann", "2-refits-height-scales-overhead"],
 )
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
     height = "--height" in learning
     scales = 2 if "--patch-scales" in learning else 1
+    overhead = "--overhead" in learning
     result = run_script(
         "train",
         "--agent",
@@ -342,7 +346,14 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("policy_net_state_dict", "replay_memory"))
-    assert state["config"] == {"agent": "pose", "image_size": 48, "rgb": True, "height": height, "patch_scales": scales}
+    assert state["config"] == {
+        "agent": "pose",
+        "image_size": 48,
+        "rgb": True,
+        "height": height,
+        "patch_scales": scales,
+        "overhead": overhead,
+    }
     assert "target_net_state_dict" not in state, "the pose agent has no target network"
     assert state["hyperparameters"]["exploration"] == ("boltzmann" if "boltzmann" in learning else "uniform")
     assert state["episode"] == 3 and state["replay_memory"]["frames"].shape == (3, 3 + height, 48, 48)
@@ -356,7 +367,7 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
             "train", "--agent", "pose", "--rgb", "--episodes", "5", "--resume", *TINY, *other, cwd=workdir
         )  # fmt: skip
         assert_one_line_error(
-            result, "--agent pose --image-size 48 --rgb --height --patch-scales 2; resume it the same"
+            result, "--agent pose --image-size 48 --rgb --height --patch-scales 2 --overhead; resume it the same"
         )
 
     result = run_script(
@@ -529,6 +540,7 @@ def test_the_shipped_policy_is_a_pose_agent_the_eval_script_rebuilds(workdir):
         "rgb": True,
         "height": True,
         "patch_scales": 2,
+        "overhead": False,
     }
     result = run_script("eval", "--checkpoint", str(checkpoint), "--episodes", "1", "--device", "cpu", cwd=workdir)
     assert result.returncode == 0, result.stderr

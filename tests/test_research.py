@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, add_box, assert_one_line_error, clear_tray
+from conftest import ROOT, assert_one_line_error
 
 from benchmarks.research import approach_probe, choice_screen, fixed_scenes, probe, replay_screen, scene_ceiling
 from benchmarks.research.input_probe import collect as collect_outcomes
@@ -364,31 +364,3 @@ def test_failure_probe_gives_each_greedy_episode_one_cause(tmp_path):
     printed = {line.split(":")[0]: int(line.split(": ")[1].split("/")[0]) for line in result.stdout.splitlines()}
     assert printed == {cause: [r["cause"] for r in rows].count(cause) for cause in printed}
     assert sum(printed.values()) == 3
-
-
-def test_the_overhead_camera_maps_a_box_at_its_cell_and_height_and_puts_the_arm_back():
-    from benchmarks.research.overhead import overhead_matrix, overhead_with_depth
-    from grasping.camera import FLOOR_Z, heights, map_cell, topdown_map
-    from grasping.environment import quiet_pybullet
-
-    pybullet = quiet_pybullet()
-    env = make_env(is_test=True, camera_size=96)
-    try:
-        env.reset()
-        clear_tray(env)
-        centre, half, floor_z = (0.60, 0.05), (0.02, 0.03, 0.025), -0.184
-        add_box(centre, half, floor_z)
-        arm = env._kuka.kukaUid
-        before = pybullet.getBasePositionAndOrientation(arm)
-        top_map = topdown_map(*overhead_with_depth(env, 192), matrix=overhead_matrix())
-        assert pybullet.getBasePositionAndOrientation(arm) == before, "the arm is back where it was"
-    finally:
-        env.close()
-    row, col = np.floor(map_cell(np.array(centre))).astype(int)
-    box_top = int(heights(np.array(floor_z + 2 * half[2])))
-    assert np.all(np.abs(top_map[3, row - 3 : row + 4, col - 5 : col + 6].astype(int) - box_top) <= 2)
-    assert np.all(top_map[0, row - 3 : row + 4, col - 5 : col + 6] > 150), "the box is red"
-    beside = top_map[3, row - 3 : row + 4, col + 12 : col + 15].astype(int)  # 4.8 cm beside the box: the floor
-    assert np.all(np.abs(beside - int(heights(np.array(floor_z)))) <= 3)
-    # The start pose's arm hangs over the tray; with it out of view no cell reads above the box.
-    assert top_map[3].max() < heights(np.array(FLOOR_Z + 0.2)), "nothing of the arm shows"

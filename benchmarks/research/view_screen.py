@@ -8,7 +8,7 @@ scores (its exploration), on training objects, and keeps per episode: the first 
 the height of what each of its pixels shows (the depth buffer of the same camera unprojected, mm
 above FLOOR_Z), a top-down map of the tray's colour and height (MAP_CELL cells over MAP_X x MAP_Y,
 reprojected from the same camera rendered at MAP_RENDER pixels), the same map from a second camera
-straight above the tray with the arm out of view (`overhead.py`, rendered at OVERHEAD_RENDER pixels),
+straight above the tray with the arm out of view (`--overhead`, rendered at OVERHEAD_RENDER pixels),
 the final commanded pose and the reward. A later call appends to OUT/episodes.npz.
 
 `screen` refits a grasp network per view on those episodes, as the agent refits (fresh weights, 10
@@ -41,9 +41,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmarks.learning import ROOT
-from benchmarks.research.overhead import overhead_matrix, overhead_with_depth
 from common import Observation
-from grasping.camera import MAP_CELL, MAP_X, MAP_Y, heights, topdown_map, unproject
+from grasping.camera import MAP_CELL, MAP_X, MAP_Y, camera_matrix, heights, topdown_map, unproject
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.environment import camera_with_depth
 from grasping.kinematics import EpisodeTracker, pose_array
@@ -65,12 +64,12 @@ def views(pool: ProcessEnvPool, index: int, frame: np.ndarray) -> dict[str, np.n
     """Worker `index`'s first frame (3, 96, 96) and what it renders now: the height image and the two maps."""
     _, depth = pool.call(index, camera_with_depth, OBLIQUE)
     rgb_big, depth_big = pool.call(index, camera_with_depth, MAP_RENDER)
-    rgb_above, depth_above = pool.call(index, overhead_with_depth, OVERHEAD_RENDER)
+    rgb_above, depth_above = pool.call(index, camera_with_depth, OVERHEAD_RENDER, None, True)
     return {
         "rgb": frame,
         "height": heights(unproject(depth)[..., 2])[None],
         "map": topdown_map(rgb_big, depth_big),
-        "overhead": topdown_map(rgb_above, depth_above, matrix=overhead_matrix()),
+        "overhead": topdown_map(rgb_above, depth_above, matrix=camera_matrix(overhead=True)),
     }
 
 
