@@ -129,7 +129,9 @@ def play_test_scenes(policy: PosePolicy, observation: Observation, episodes: int
     """The rewards of `policy`'s greedy episodes on the test scenes a seed fixes, in scene order (2 workers, as
     learning.py plays them)."""
     seed_everything(seed)
-    with open_pool("local", 2, seed, True, 20, observation.camera_size, observation.height) as pool:
+    with open_pool(
+        "local", 2, seed, True, 20, observation.camera_size, observation.height, observation.overhead
+    ) as pool:
         return play_in_parallel(pool, observation, policy, episodes).rewards
 
 

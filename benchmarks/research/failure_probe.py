@@ -74,7 +74,7 @@ def main(argv: list[str]) -> None:
     observation = observation_of(net.config)
     torch.set_num_threads(1)
     seed_everything(args.seed)
-    env = make_env(True, 20, False, observation.camera_size, observation.height)
+    env = make_env(True, 20, False, observation.camera_size, observation.height, observation.overhead)
     module: Any = sys.modules[type(env).__mro__[1].__module__]  # pybullet_envs' module of the environment
     moment = GraspMoment(module.p, env)
     module.p = moment

@@ -213,6 +213,8 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, passes=int(match[1]))
     if name == "colour":
         return refit(state, observation, seed, recolour=True)
+    if observation.overhead and re.fullmatch(r"wide|context\d*|angles|anglefree|finecentre", name):
+        raise SystemExit(f"error: variant {name!r} builds its network on the environment's camera, not --overhead")
     if name == "wide":
         return refit(state, observation, seed, net=WideGraspNet(observation.size, observation.rgb, observation.height))
     if match := re.fullmatch(r"context(\d*)", name):
