@@ -1,7 +1,7 @@
 """The results tables of the README and the docs, drawn from the measurements in benchmarks/results/, and the
 flags tables, drawn from the scripts' own flags.
 
-    python benchmarks/tables.py            # rewrite every generated table in README.md and docs/*.md
+    python benchmarks/tables.py            # rewrite every generated table in the READMEs and docs/*.md
     python benchmarks/tables.py --check    # exit 1, naming the files, if a table is not what the data say
 
 A generated table sits between `<!-- table: NAME -->` and `<!-- end table -->`; everything outside those
@@ -27,7 +27,7 @@ from grasping.stats import wilson_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 MARKS = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.DOTALL)
 
 
@@ -171,6 +171,8 @@ def pose_agent_table(results: Path) -> str:
 
 POSE_192PX_SEEDS = (f"{POSE_BEST}-192px", f"{POSE_BEST}-192px-seed2")
 """POSE_BEST with `--image-size 192`, seeds 1 and 2: the finer render measured against it."""
+POSE_OVERHEAD_SEEDS = (f"{POSE_BEST}-overhead",)
+"""POSE_BEST with `--overhead`: the camera above the tray measured against the environment's own."""
 
 
 def seeds_table(results: Path, names: tuple[str, ...]) -> str:
@@ -194,6 +196,21 @@ def seeds_table(results: Path, names: tuple[str, ...]) -> str:
         rows.append([f"{seed} (`{name}`)", cell(at_1000), cell(best), cell(last) + so_far])
     within = f"within {BUDGET:,} episodes"
     return markdown(["seed", "after 1,000 episodes", f"best evaluation {within}", f"last evaluation {within}"], rows)
+
+
+def curves_table(results: Path, names: tuple[str, ...]) -> str:
+    """Runs side by side, by episode: each one's greedy test-object successes and training time at every evaluation
+    any of them made ("-" where a run has none)."""
+    runs = [{int(row["episode"]): row for row in Configuration.load(name, results).evaluations()} for name in names]
+    episodes = sorted(set().union(*runs))
+    rows = [
+        [
+            f"{episode:,}",
+            *(f"{successes(run[episode])}, {minutes(run[episode])}" if episode in run else "-" for run in runs),
+        ]
+        for episode in episodes
+    ]
+    return markdown(["episodes", *(f"`{name}`" for name in names)], rows)
 
 
 def beyond_budget_table(results: Path, names: tuple[str, ...]) -> str:
@@ -425,6 +442,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "pose-seeds": lambda results: seeds_table(results, POSE_BEST_SEEDS),
     "pose-beyond-budget": lambda results: beyond_budget_table(results, POSE_BEST_SEEDS),
     "pose-192px": lambda results: seeds_table(results, POSE_192PX_SEEDS),
+    "pose-overhead": lambda results: seeds_table(results, POSE_OVERHEAD_SEEDS),
+    "pose-overhead-curve": lambda results: curves_table(results, (POSE_BEST, *POSE_OVERHEAD_SEEDS)),
     "dqn": dqn_table,
     "throughput-dev": lambda results: throughput_table(results, "throughput-dev"),
     "throughput-h100": lambda results: throughput_table(results, "throughput-h100"),

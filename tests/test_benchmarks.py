@@ -303,6 +303,23 @@ def test_the_seeds_table_keeps_to_the_budget_and_a_longer_run_gets_its_own_rows(
     assert f"| `{name}` | {tables.BUDGET:,} |" in beyond
 
 
+def test_the_curves_table_lines_runs_up_by_episode_and_marks_the_evaluations_a_run_lacks(tmp_path):
+    results = tmp_path / "results"
+    for name, evaluated in (("a", (500, 1000)), ("b", (1000, 1500))):
+        (results / name).mkdir(parents=True)
+        rows = ["episode,train_seconds,policy,objects,successes,episodes,rate,ci_low,ci_high"]
+        rows.append("0,0.0,random,test,94,200,0.47,0.402,0.5391")
+        rows += [f"{e},{e * 1.2},greedy,test,{e // 10},200,0,0,0" for e in evaluated]
+        (results / name / "learning.csv").write_text("\n".join(rows) + "\n")
+    lines = tables.curves_table(results, ("a", "b")).splitlines()
+    assert lines[0] == "| episodes | `a` | `b` |"
+    assert lines[2:] == [
+        "| 500 | 50/200 = 25.0% (19.5-31.4%), 10.0 min | - |",
+        "| 1,000 | 100/200 = 50.0% (43.1-56.9%), 20.0 min | 100/200 = 50.0% (43.1-56.9%), 20.0 min |",
+        "| 1,500 | - | 150/200 = 75.0% (68.6-80.5%), 30.0 min |",
+    ], "the random policy's row is not an evaluation of the runs"
+
+
 def test_a_run_still_on_its_way_to_the_budget_has_no_best_yet_and_stays_out_of_the_readme_line(tmp_path):
     results = tmp_path / "results"
     shutil.copytree(ROOT / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*.png", "*.npz", "*.pt"))
