@@ -79,6 +79,10 @@ def clear_tray(env) -> None:
         pybullet.resetBasePositionAndOrientation(uid, (3.0, 3.0, 0.0), (0, 0, 0, 1))
 
 
+BOX_CENTRE, BOX_HALF = (0.60, 0.05), (0.02, 0.03, 0.025)
+"""A box on the tray's floor: its centre's (x, y) in metres, and its half extents (x, y, z)."""
+
+
 def add_box(centre: tuple[float, float], half: tuple[float, float, float], bottom_z: float) -> None:
     """A static red box with half extents `half` (x, y, z) in metres, centred on `centre` (x, y), its bottom at
     `bottom_z`."""

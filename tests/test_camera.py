@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import add_box, clear_tray
+from conftest import BOX_CENTRE, BOX_HALF, add_box, clear_tray
 
 from common import seed_everything
 from grasping.camera import FLOOR_Z, MAP_SHAPE, camera_matrix, heights, map_cell, topdown_map, unproject
 from grasping.environment import camera_with_depth, make_env
 from grasping.pose_agent import pixel_of
-
-BOX_CENTRE, BOX_HALF = (0.60, 0.05), (0.02, 0.03, 0.025)
-"""A box on the tray's floor: its centre's (x, y) in metres, and its half extents (x, y, z)."""
 
 
 @pytest.fixture(scope="module")

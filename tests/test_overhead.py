@@ -5,14 +5,11 @@ environment drives pybullet's default client and the camera tests' module keeps 
 from __future__ import annotations
 
 import numpy as np
-from conftest import add_box, clear_tray
+from conftest import BOX_CENTRE, BOX_HALF, add_box, clear_tray
 
 from grasping.camera import camera_matrix, heights, map_cell, topdown_map
 from grasping.environment import camera_with_depth, make_env, quiet_pybullet
 from grasping.pose_agent import pixel_of
-
-BOX_CENTRE, BOX_HALF = (0.60, 0.05), (0.02, 0.03, 0.025)
-"""A box on the tray's floor: its centre's (x, y) in metres, and its half extents (x, y, z)."""
 
 
 def test_the_overhead_camera_shows_a_box_at_its_pixel_and_height_without_the_arm_and_puts_the_arm_back():
