@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,9 @@ class DQNAgent:
         self, state: np.ndarray, action: int, next_state: np.ndarray | None, reward: float, stream: int = 0
     ) -> None:
         self.memory.push(state, action, next_state, reward, stream)
+
+    def before_reset(self, stream: int, call: Callable[..., Any]) -> None:
+        """The environment of `stream` is about to draw its next scene: the lecture's DQN leaves it to draw afresh."""
 
     def drop_episode(self, stream: int) -> None:
         """The environment of `stream` was lost mid-episode: its transitions so far leave the memory."""

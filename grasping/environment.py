@@ -29,6 +29,18 @@ def seed_environment(seed: int) -> None:
     np.random.seed(seed)
 
 
+def scene_generators(env: Any) -> tuple[Any, Any]:
+    """The state of the generators `env`'s next reset will draw its scene from (`seed_environment`'s two)."""
+    return random.getstate(), np.random.get_state()
+
+
+def restore_scene_generators(env: Any, state: tuple[Any, Any]) -> None:
+    """Put the generators back to a `scene_generators` state: `env`'s next reset draws that scene again (the
+    physics is deterministic, so the same moves then give the same outcome)."""
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+
+
 def worker_seed(seed: int, index: int) -> int:
     """The seed of environment worker `index` in a run seeded with `seed`: distinct per worker, fixed per pair."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])

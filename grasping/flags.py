@@ -20,7 +20,7 @@ from grasping.cli import (
     probability,
     seed_int,
 )
-from grasping.pose_agent import EXPLORATIONS, MAX_PATCH_SCALES
+from grasping.pose_agent import EXPLORATIONS, MAX_PATCH_SCALES, MAX_SCENE_RETRIES
 from grasping.runlog import SOLVE_AFTER_EPISODE
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -67,7 +67,7 @@ DQN_ONLY = (
     "network",
 )
 """Flags of the lecture's DQN that the pose agent has no use for: given with --agent pose, they are refused."""
-POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "height", "patch_scales", "overhead")
+POSE_ONLY = ("refit_every", "refit_epochs", "exploration", "retry_failed", "height", "patch_scales", "overhead")
 """Flags of the pose agent, refused with --agent dqn."""
 LEARNING_FLAGS = (
     "batch_size",
@@ -88,6 +88,7 @@ LEARNING_FLAGS = (
     "refit_every",
     "refit_epochs",
     "exploration",
+    "retry_failed",
 )
 """The learning hyperparameters a resumable state records: a resume that changes one is refused unless
 --change-hyperparameters says so. The agent and its network's configuration are checked from the checkpoint;
@@ -328,6 +329,14 @@ def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
         "in proportion to its predicted odds of success (exp of its logit), which labels the poses the greedy "
         "choice is made between",
     )
+    parser.add_argument(
+        "--retry-failed",
+        type=non_negative_int,
+        default=0,
+        help="--agent pose: after a training episode that lifted nothing, play the same scene again, up to this "
+        f"many times in a row (at most {MAX_SCENE_RETRIES}), heading for a final pose not yet tried there; each "
+        "retry counts as an episode; 0: every episode draws a new scene",
+    )
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
@@ -426,6 +435,8 @@ def parse_training_args(argv: Sequence[str] | None = None) -> argparse.Namespace
         parser.error("argument --updates-per-step: applies to online learning; --refit-every retrains instead")
     if not args.refit_every and args.refit_epochs != defaults["refit_epochs"]:
         parser.error("argument --refit-epochs: applies with --refit-every only")
+    if args.retry_failed > MAX_SCENE_RETRIES:
+        parser.error(f"argument --retry-failed: at most {MAX_SCENE_RETRIES}, got {args.retry_failed}")
     if args.tau is not None:  # the two are exclusive on the command line; a preset's step sync yields to --tau
         args.target_update_steps = None
     if args.render and args.num_envs > 1:

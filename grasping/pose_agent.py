@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from common import Observation, evaluating, to_float
 from grasping.camera import camera_matrix
 from grasping.checkpoints import checkpoint_agent, checkpoint_config, load_state
 from grasping.cli import CheckpointError
+from grasping.environment import restore_scene_generators, scene_generators
 from grasping.kinematics import MOVES, START_POSE, EpisodeTracker, Pose, angle_features, move, pose_array
 
 GRASP_AFTER = 7
@@ -43,6 +44,8 @@ PATCH_FRACTION = 3
 MAX_PATCH_SCALES = 4
 """The most patches a GraspNet stacks: the widest is then 8 times the patch, beyond the frame on most sides."""
 EXPLORATIONS = ("uniform", "boltzmann")
+MAX_SCENE_RETRIES = 8
+"""The most times `SceneRetries` plays a failed scene again in a row."""
 """How an exploring episode draws the final pose it heads for (`PosePolicy`)."""
 POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False, "patch_scales": 1, "overhead": False}
 """The pose agent as a checkpoint's `config` records it, with the pose preset's frames (a checkpoint saved before
@@ -267,6 +270,10 @@ class PosePolicy:
         self.exploring: dict[int, bool] = {}
         self.planned_value: dict[int, float] = {}
         """The predicted success of the final pose each episode chose at its start; NaN when it explores."""
+        self.targets: dict[int, int] = {}
+        """The lattice index of the final pose each episode headed for from its start."""
+        self.tried: dict[int, list[int]] = {}
+        """Lattice indices of final poses that an environment's next episode may not head for (`SceneRetries`)."""
 
     def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
         device = next(self.net.parameters()).device
@@ -281,15 +288,17 @@ class PosePolicy:
             values = torch.sigmoid(torch.from_numpy(logits)).numpy()
             for row, position in enumerate(starting):
                 index = indices[position]
+                excluded = np.isin(self.lattice.finals, self.tried.get(index, []))
                 scores = np.full(self.lattice.outside + 1, -np.inf)
                 if explore[row]:
-                    scores[self.exploring_target(logits[row])] = 1.0
+                    scores[self.exploring_target(logits[row], excluded)] = 1.0
                 else:
-                    scores[self.lattice.finals] = values[row]
+                    scores[self.lattice.finals] = np.where(excluded, -np.inf, values[row])
                 self.frames[index], self.scores[index] = frames[row], scores
                 self.episodes.start(index, states[position, -1])
                 self.exploring[index] = explore[row]
-                self.planned_value[index] = math.nan if explore[row] else float(values[row].max())
+                self.targets[index] = int(np.argmax(scores))
+                self.planned_value[index] = math.nan if explore[row] else float(scores.max())
         actions = []
         for index, t in zip(indices, timesteps):
             planned = self.lattice.move_values(self.episodes.poses[index], t, self.scores[index])
@@ -310,13 +319,14 @@ class PosePolicy:
         """The action environment `index` takes at timestep `t`, given each action's value: the first of the best."""
         return int(np.argmax(values))
 
-    def exploring_target(self, logits: np.ndarray) -> int:
+    def exploring_target(self, logits: np.ndarray, excluded: np.ndarray) -> int:
         """The lattice index of the final pose an exploring episode heads for, given the logits of the final poses
-        (`lattice.finals`' order; unused by "uniform")."""
+        (`lattice.finals`' order; unused by "uniform"), drawn among those not `excluded` (a mask in that order)."""
+        allowed, logits = self.lattice.finals[~excluded], logits[~excluded]
         if self.exploration == "uniform":
-            return int(self.rng.choice(self.lattice.finals))
+            return int(self.rng.choice(allowed))
         odds = np.exp(logits - logits.max())
-        return int(self.rng.choices(self.lattice.finals, weights=odds)[0])
+        return int(self.rng.choices(allowed, weights=odds)[0])
 
     def past_horizon(self, index: int) -> np.ndarray:
         """Move values once the grasp is overdue: the score of the pose each move leads to (an exploring
@@ -329,6 +339,49 @@ class PosePolicy:
         with evaluating(self.net):
             logits = self.net(self.frames[index][None], torch.from_numpy(pose_array(nexts)).to(device)[None])
         return logits[0].cpu().numpy()
+
+
+class SceneRetries:
+    """Failed scenes played again (`--retry-failed`): after an episode that lifted nothing, its environment draws the
+    same scene for its next episode, up to `retries` times in a row, and the policy heads for a final pose that no
+    episode of that scene has headed for: the one the greedy choice ranks next, or an exploring draw among the
+    rest. So the poses the argmax picks between get labels on the scenes where it erred. Each retry is an episode
+    like any other, counted, stored and learned from alike.
+
+    The scene comes back by restoring the generators its reset drew from (`restore_scene_generators`); the physics
+    is deterministic, so it is the same scene, and the environment's later scenes are those it would have drawn
+    anyway. Retries owed when a run stops are not kept in its resumable state.
+    """
+
+    def __init__(self, retries: int, policy: PosePolicy) -> None:
+        if not 0 < retries <= MAX_SCENE_RETRIES:
+            raise ValueError(f"retries {retries}, not 1 to {MAX_SCENE_RETRIES}")
+        self.retries, self.policy = retries, policy
+        self.generators: dict[int, Any] = {}
+        """Each environment's generator state before its current scene was drawn."""
+        self.attempts: dict[int, int] = {}
+        """How many times each environment's current scene has been played again."""
+        self.owed: set[int] = set()
+        """Environments whose next episode plays their current scene again."""
+
+    def before_reset(self, index: int, call: Callable[..., Any]) -> None:
+        """Environment `index` is about to reset; `call(function, *args)` runs `function(env, *args)` where it lives."""
+        if index in self.owed:
+            self.owed.discard(index)
+            call(restore_scene_generators, self.generators[index])
+            return
+        self.generators[index] = call(scene_generators)
+        self.attempts[index] = 0
+        self.policy.tried[index] = []
+
+    def episode_ended(self, index: int, reward: float) -> None:
+        """Environment `index`'s episode ended with `reward`: a failure owes a retry of its scene, if any are left."""
+        if index not in self.generators:
+            return
+        self.policy.tried[index].append(self.policy.targets[index])
+        if reward <= 0 and self.attempts[index] < self.retries:
+            self.attempts[index] += 1
+            self.owed.add(index)
 
 
 class EpisodeMemory:
@@ -445,6 +498,7 @@ class PoseAgent:
         refit_epochs: int = 10,
         exploration: str = "uniform",
         patch_scales: int = 1,
+        retry_failed: int = 0,
     ) -> None:
         self.net = GraspNet(
             observation.size, observation.rgb, observation.height, patch_scales, observation.overhead
@@ -453,6 +507,7 @@ class PoseAgent:
         self.memory = EpisodeMemory(capacity, observation.frame_shape, device, seed)
         self.lattice = PoseLattice()
         self.policy = PosePolicy(self.net, self.lattice, random.Random(seed), exploration)
+        self.retries = SceneRetries(retry_failed, self.policy) if retry_failed else None
         self.batch_size, self.learning_starts = batch_size, learning_starts
         self.refit_every, self.refit_epochs = refit_every, refit_epochs
         self.refit_owed = False
@@ -479,6 +534,13 @@ class PoseAgent:
         """A finished episode (`next_state` None) becomes one sample: first frame, final commanded pose, reward."""
         if next_state is None:
             self.memory.push(self.policy.episodes.first_frames[stream], self.policy.episodes.poses[stream], reward)
+            if self.retries is not None:
+                self.retries.episode_ended(stream, reward)
+
+    def before_reset(self, stream: int, call: Callable[..., Any]) -> None:
+        """The environment of `stream` is about to draw its next scene (`SceneRetries.before_reset`)."""
+        if self.retries is not None:
+            self.retries.before_reset(stream, call)
 
     def drop_episode(self, stream: int) -> None:
         """The environment of `stream` was lost mid-episode: nothing was stored of it (episodes are stored whole)."""

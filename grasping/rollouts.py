@@ -58,11 +58,18 @@ class Rollouts:
     each episode number the same scene whichever worker answers first. Between `steps` and `act` no
     reply is due from the workers that replied, so `EnvPool.call` may ask them about their environment:
     `act` gives the workers whose episode goes on their action, and starts the next episode in those
-    whose episode ended.
+    whose episode ended, calling `before_reset(worker)` first if given (where `EnvPool.call` may set up the
+    worker's next scene).
     """
 
-    def __init__(self, pool: EnvPool, observation: Observation, episodes: int | None = None) -> None:
-        self.pool, self.observation, self.remaining = pool, observation, episodes
+    def __init__(
+        self,
+        pool: EnvPool,
+        observation: Observation,
+        episodes: int | None = None,
+        before_reset: Callable[[int], None] | None = None,
+    ) -> None:
+        self.pool, self.observation, self.remaining, self.before_reset = pool, observation, episodes, before_reset
         n = pool.num_envs
         self.queues: list[Iterator[int]] = [
             iter(range(index, episodes, n)) if episodes is not None else itertools.count(index, n) for index in range(n)
@@ -94,7 +101,7 @@ class Rollouts:
                 if index in self.waiting:
                     self.waiting.remove(index)
                 self.states[index], self.actions[index] = None, []
-                self.pool.reset(index)
+                self._reset(index)
                 continue
             frame = self.observation.preprocess(obs)
             if state is None:  # the first frame of an episode
@@ -130,5 +137,10 @@ class Rollouts:
             self.playing[index] = next(self.queues[index], None)
             self.states[index], self.actions[index] = None, []
             if self.playing[index] is not None:
-                self.pool.reset(index)
+                self._reset(index)
         self.ended = []
+
+    def _reset(self, index: int) -> None:
+        if self.before_reset is not None:
+            self.before_reset(index)
+        self.pool.reset(index)

@@ -11,7 +11,9 @@ the target network's sync in `DQNAgent.sync_target` (a refit's in `PoseAgent.end
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,7 @@ def make_agent(
             args.refit_epochs,
             args.exploration,
             args.patch_scales,
+            args.retry_failed,
         )
     return DQNAgent(args, observation, n_actions, device, seed)
 
@@ -151,6 +154,11 @@ class Trainer:
         self.agent.store(state, action, next_state, reward, stream)
         self.log.transition()
 
+    def before_reset(self, stream: int, call: Callable[..., Any]) -> None:
+        """Environment `stream` is about to reset; `call(function, *args)` runs `function(env, *args)` where it lives
+        (the pose agent's --retry-failed sets up its scene)."""
+        self.agent.before_reset(stream, call)
+
     def learn_as_owed(self, pool: EnvPool | None = None) -> None:
         """The learning cadence: --updates-per-step learning steps per transition collected so far.
 
@@ -182,6 +190,7 @@ def run_lecture_loop(trainer: Trainer, env: Any, max_steps: int) -> None:
     observation = trainer.observation
     while not trainer.finished:
         frames = FrameStack()
+        trainer.before_reset(0, lambda function, *args: function(env, *args))
         state = frames.reset(observation.preprocess(env.reset()))
         trainer.log.example_screen(state[-1])
         for t in range(1, max_steps + 1):
@@ -200,7 +209,11 @@ def run_parallel_loop(trainer: Trainer, pool: EnvPool) -> None:
     """--num-envs N (or --backend ray): each worker steps as soon as it has its action; the learner works while
     they simulate. Replies are taken as they come; the workers waiting for an action get it from one batched
     forward pass."""
-    rollouts = Rollouts(pool, trainer.observation)
+
+    def before_reset(index: int) -> None:
+        trainer.before_reset(index, functools.partial(pool.call, index))
+
+    rollouts = Rollouts(pool, trainer.observation, before_reset=before_reset)
     while not trainer.finished:
         for step in rollouts.steps():
             if step.lost:

@@ -13,7 +13,7 @@ from conftest import ROOT
 from PIL import Image
 
 from common import SCREEN_SIZE, STACK_SIZE, FrameStack, Observation, preprocess_frame, seed_everything, to_float
-from grasping.environment import make_env
+from grasping.environment import make_env, restore_scene_generators, scene_generators
 
 LECTURE_PIPELINE = T.Compose(
     [
@@ -150,6 +150,24 @@ def test_seeding_decides_the_scene():
         env.close()
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_restoring_the_generators_draws_a_scene_again_and_then_the_scenes_that_followed_it():
+    env = make_env(is_test=False)
+    try:
+        seed_everything(7)
+        before = scene_generators(env)
+        first, second = env.reset(), env.reset()
+        seed_everything(7)
+        env.reset()
+        restore_scene_generators(env, before)  # the first scene played again
+        again = env.reset()
+        second_again = env.reset()  # and then the scene that would have come next anyway
+    finally:
+        env.close()
+    assert not np.array_equal(first, second)
+    assert np.array_equal(first, again)
+    assert np.array_equal(second, second_again)
 
 
 def test_environment_opens_and_closes_without_noise():

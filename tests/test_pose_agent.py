@@ -28,7 +28,9 @@ from grasping.pose_agent import (
     PoseAgent,
     PoseLattice,
     PosePolicy,
+    SceneRetries,
     grasp_loss,
+    newest_frames,
     pixel_of,
     pose_config,
 )
@@ -188,16 +190,45 @@ def test_boltzmann_exploration_draws_final_poses_in_proportion_to_their_predicte
     policy = PosePolicy(GraspNet(48, rgb=False), lattice, random.Random(2), exploration="boltzmann")
     logits = np.full(len(lattice.finals), -2.0, dtype=np.float32)
     logits[:4] = [3.0, 3.0, 2.0, 2.0]  # odds e^5 and e^4 times the rest's
-    draws = [policy.exploring_target(logits) for _ in range(4000)]
+    none_excluded = np.zeros(len(lattice.finals), dtype=bool)
+    draws = [policy.exploring_target(logits, none_excluded) for _ in range(4000)]
     counts = {index: draws.count(index) for index in lattice.finals[:4]}
     weights = np.exp(logits - logits.max())
     expected = 4000 * weights[:4] / weights.sum()
     assert np.allclose(list(counts.values()), expected, rtol=0.15), (counts, expected)
     assert set(draws) - set(lattice.finals[:4]), "every final pose keeps a chance"
     uniform = PosePolicy(GraspNet(48, rgb=False), lattice, random.Random(2))
-    assert sum(uniform.exploring_target(logits) in lattice.finals[:4] for _ in range(4000)) < 100
+    assert sum(uniform.exploring_target(logits, none_excluded) in lattice.finals[:4] for _ in range(4000)) < 100
     with pytest.raises(ValueError, match="not one of"):
         PosePolicy(GraspNet(48, rgb=False), lattice, exploration="greedy")
+
+
+def test_a_retried_scene_heads_for_the_best_final_pose_not_yet_tried_there(lattice):
+    seed_everything(0)
+    policy = PosePolicy(GraspNet(48, rgb=False), lattice, random.Random(0), exploration="boltzmann")
+    retries = SceneRetries(2, policy)
+    calls = []
+    states = np.random.default_rng(0).integers(0, 255, (1, 5, 48, 48), dtype=np.uint8)
+    ranked = lattice.finals[np.argsort(-policy.final_logits(newest_frames(states))[0].numpy(), kind="stable")]
+
+    def episode(reward: float) -> int:
+        retries.before_reset(0, lambda function, *args: calls.append(function.__name__))
+        for t in range(GRASP_AFTER):
+            policy(states, [0], [t])
+        retries.episode_ended(0, reward)
+        return lattice.index[policy.episodes.poses[0]]
+
+    assert [episode(0.0) for _ in range(3)] == list(ranked[:3]), "the greedy pose, then the next best, twice"
+    assert calls == ["scene_generators", "restore_scene_generators", "restore_scene_generators"]
+    assert episode(1.0) == ranked[0], "after two retries a new scene, where nothing was tried yet"
+    assert episode(0.0) == ranked[0], "a success owes no retry"
+    assert calls[3:] == ["scene_generators"] * 2
+    policy.tried[0] = list(lattice.finals[:-1])  # one final pose left: exploring draws it, whatever its odds
+    for _ in range(5):
+        policy(states, [0], [0], epsilon=1.0)
+        assert policy.exploring[0] and policy.targets[0] == lattice.finals[-1]
+    with pytest.raises(ValueError, match="not 1 to"):
+        SceneRetries(0, policy)
 
 
 def test_episode_memory_keeps_the_last_episodes_and_resumes(tmp_path):
@@ -319,10 +350,11 @@ def test_each_agents_checkpoint_is_refused_by_the_others_code():
 @pytest.mark.parametrize(
     "num_envs,learning",
     [
-        (1, ("--exploration", "boltzmann")),
+        (1, ("--exploration", "boltzmann", "--retry-failed", "1")),
         (2, ("--refit-every", "2", "--refit-epochs", "2", "--height", "--patch-scales", "2", "--overhead")),
+        (2, ("--retry-failed", "1")),
     ],
-    ids=["1-online-boltzmann", "2-refits-height-scales-overhead"],
+    ids=["1-online-boltzmann-retry", "2-refits-height-scales-overhead", "2-retry"],
 )
 def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_envs, learning):
     height = "--height" in learning
@@ -388,6 +420,14 @@ def test_the_pose_agent_trains_resumes_and_evaluates_end_to_end(workdir, num_env
     assert "Resuming from policy_dqn.resume.pt at episode 3 (replay memory restored: 3 episodes)" in result.stdout
     state = load_checkpoint(workdir / "policy_dqn.resume.pt", CPU, ("replay_memory",))
     assert state["episode"] == 5 and len(state["replay_memory"]["rewards"]) == 5
+    if "--retry-failed" in learning:  # 3 actions never lift: each new scene is played once more
+        assert state["hyperparameters"]["retry_failed"] == 1
+        frames = state["replay_memory"]["frames"].flatten(start_dim=1)
+        same = [[j for j in range(5) if torch.equal(frames[i], frames[j])] for i in range(5)]
+        if num_envs == 1:  # the retry owed at the first run's stop is not kept: the resumed run draws anew
+            assert same == [[0, 1], [0, 1], [2], [3, 4], [3, 4]]
+        else:
+            assert max(map(len, same)) == 2
     scalars, _ = read_events(workdir / "runs" / "pose")
     assert [step for step, _ in scalars["epsilon"]] == list(range(5))
     if "--refit-every" in learning:  # refits after episodes 1 and 3, the second one's by the resumed run
