@@ -173,6 +173,8 @@ POSE_192PX_SEEDS = (f"{POSE_BEST}-192px", f"{POSE_BEST}-192px-seed2")
 """POSE_BEST with `--image-size 192`, seeds 1 and 2: the finer render measured against it."""
 POSE_OVERHEAD_SEEDS = (f"{POSE_BEST}-overhead",)
 """POSE_BEST with `--overhead`: the camera above the tray measured against the environment's own."""
+POSE_RETRY_SEEDS = (f"{POSE_BEST}-retry1",)
+"""POSE_BEST with `--retry-failed 1`: failed scenes played once more, measured against new scenes only."""
 
 
 def seeds_table(results: Path, names: tuple[str, ...]) -> str:
@@ -444,6 +446,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "pose-192px": lambda results: seeds_table(results, POSE_192PX_SEEDS),
     "pose-overhead": lambda results: seeds_table(results, POSE_OVERHEAD_SEEDS),
     "pose-overhead-curve": lambda results: curves_table(results, (POSE_BEST, *POSE_OVERHEAD_SEEDS)),
+    "pose-retry": lambda results: seeds_table(results, POSE_RETRY_SEEDS),
+    "pose-retry-curve": lambda results: curves_table(results, (POSE_BEST, *POSE_RETRY_SEEDS)),
     "dqn": dqn_table,
     "throughput-dev": lambda results: throughput_table(results, "throughput-dev"),
     "throughput-h100": lambda results: throughput_table(results, "throughput-h100"),
