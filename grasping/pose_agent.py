@@ -44,9 +44,9 @@ PATCH_FRACTION = 3
 MAX_PATCH_SCALES = 4
 """The most patches a GraspNet stacks: the widest is then 8 times the patch, beyond the frame on most sides."""
 EXPLORATIONS = ("uniform", "boltzmann")
+"""How an exploring episode draws the final pose it heads for (`PosePolicy`)."""
 MAX_SCENE_RETRIES = 8
 """The most times `SceneRetries` plays a failed scene again in a row."""
-"""How an exploring episode draws the final pose it heads for (`PosePolicy`)."""
 POSE_CONFIG = {"agent": "pose", "image_size": 96, "rgb": True, "height": False, "patch_scales": 1, "overhead": False}
 """The pose agent as a checkpoint's `config` records it, with the pose preset's frames (a checkpoint saved before
 the height channel, the wider patches or the overhead camera existed lacks their keys: they are read as here)."""
