@@ -21,7 +21,7 @@ from common import DQN, preprocess_frame
 from grasping.checkpoints import CHECKPOINT_KEYS, load_checkpoint
 from grasping.environment import make_env
 from grasping.kinematics import pose_array
-from grasping.pose_agent import GraspNet, PoseLattice, PosePolicy, newest_frames
+from grasping.pose_agent import OBJECT_HEIGHT, GraspNet, PoseLattice, PosePolicy, newest_frames, pixel_of
 
 RESEARCH = ROOT / "benchmarks" / "research"
 
@@ -315,6 +315,26 @@ def test_replay_screen_decays_the_refits_rate_to_zero(monkeypatch):
     assert len(seen) == 2 * 2, "two passes of two batches"
     assert seen[0] == 1e-3 and all(a > b for a, b in zip(seen, seen[1:])), "decays at every batch"
     assert 0 < seen[-1] < 1e-3 * (1 - np.cos(np.pi / len(seen))), "the last batch's rate is close to 0"
+
+
+def test_the_scene_scorer_reads_each_pose_at_its_pixel_from_one_pass_over_the_frame():
+    torch.manual_seed(0)
+    net = replay_screen.SceneScorerNet(96, rgb=True, height=True).eval()
+    candidates = torch.from_numpy(PoseLattice().final_poses)
+    frame = torch.rand(1, 4, 96, 96)
+    with torch.no_grad():
+        together = net(frame, candidates[None])[0]
+        alone = torch.cat([net(frame, candidates[k : k + 1][None])[0] for k in range(0, len(candidates), 37)])
+    torch.testing.assert_close(alone, together[::37], rtol=1e-5, atol=1e-6)
+    for pose in ((520, -150, 0), (630, 200, 0)):
+        frame = torch.rand(1, 4, 96, 96, requires_grad=True)
+        net(frame, torch.from_numpy(pose_array([pose]))[None]).sum().backward()
+        assert frame.grad is not None
+        weight = frame.grad.abs().sum(dim=(0, 1))
+        rows, columns = torch.meshgrid(torch.arange(96.0) + 0.5, torch.arange(96.0) + 0.5, indexing="ij")
+        centre = np.array([(weight * columns).sum() / weight.sum(), (weight * rows).sum() / weight.sum()])
+        pixel = pixel_of(np.array([[pose[0] / 1000, pose[1] / 1000, OBJECT_HEIGHT]]), 96)[0]
+        assert np.linalg.norm(centre - pixel) < 4, f"what {pose} is scored from centres on its pixel"
 
 
 @pytest.mark.slow

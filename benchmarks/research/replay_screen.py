@@ -24,6 +24,9 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   anglefree:  the same refit given every pose at angle 0: what the angle is worth to the network;
   finecentre: one plain refit of the run's network with one more patch in front of its own, half as wide: the
               centre sampled twice as finely, between the frame's pixels;
+  scene:      one plain refit of a fully convolutional network instead (SceneScorerNet): the whole frame through
+              an encoder-decoder once, every final pose scored from the feature maps read at its pixel;
+  plain+scene: the plain refit and the scene refit, their logits averaged: two networks that err on other scenes;
   decayN:     one plain refit with AdamW's decoupled weight decay of N/100 (decay1: AdamW's default, 0.01);
   dropoutP:   one plain refit with P% of the convolutions' features dropped in training (before the hidden layer);
   cosineN:    one refit of N passes whose learning rate falls from 1e-3 to 0 along a half cosine, batch by batch: the
@@ -53,15 +56,18 @@ import torch.nn.functional as F
 from benchmarks.learning import ROOT
 from benchmarks.research.choice_screen import Ensemble, play_test_scenes, scenes_won_lost
 from common import Observation
+from grasping.camera import camera_matrix
 from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.kinematics import angle_features
 from grasping.pose_agent import (
+    OBJECT_HEIGHT,
     EpisodeMemory,
     GraspNet,
     PoseAgent,
     PoseLattice,
     PosePolicy,
+    image_coordinates,
     pose_config,
 )
 from grasping.stats import success_rate
@@ -139,6 +145,41 @@ class AngleBlindNet(GraspNet):
         return super().forward(frames, torch.cat((poses[..., :2], torch.zeros_like(poses[..., 2:])), dim=-1))
 
 
+class SceneScorerNet(nn.Module):
+    """A fully convolutional grasp network: the whole first frame goes through an encoder-decoder once, and each
+    final pose is scored from the feature maps read (bilinearly) at its pixel, at the objects' height, with its
+    angle. Every pose of a scene shares one pass over the scene, and a label moves the features its neighbours are
+    read from; fine features (1/2 and 1/4 of the frame's resolution) and coarse ones (1/8, the clutter around) are
+    read alike. Frames (B, C, H, W) and poses (B, P, 3) -> logits (B, P), as GraspNet."""
+
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False) -> None:
+        super().__init__()
+        channels = (3 if rgb else 1) + height
+        self.camera: torch.Tensor
+        self.register_buffer("camera", torch.from_numpy(camera_matrix(False)).float(), persistent=False)
+        self.enc1 = nn.Conv2d(channels, 32, kernel_size=5, stride=2, padding=2)  # 1/2
+        self.enc2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)  # 1/4
+        self.enc3 = nn.Conv2d(64, 64, kernel_size=3, padding=1)  # 1/8
+        self.enc4 = nn.Conv2d(64, 128, kernel_size=3, padding=1)  # 1/8, wider context
+        self.dec = nn.Conv2d(128 + 64, 64, kernel_size=3, padding=1)  # 1/4: coarse features brought up to enc2's
+        self.linear = nn.Linear(32 + 64 + 128 + 2, 256)
+        self.head = nn.Linear(256, 1)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        b, p = poses.shape[:2]
+        half = F.relu(self.enc1(frames))
+        quarter = F.relu(self.enc2(F.max_pool2d(half, 2)))
+        eighth = F.relu(self.enc3(F.max_pool2d(quarter, 2)))
+        coarse = F.relu(self.enc4(eighth))
+        up = F.interpolate(coarse, size=quarter.shape[-2:], mode="bilinear", align_corners=False)
+        fine = F.relu(self.dec(torch.cat((up, quarter), dim=1)))
+        points = torch.cat((poses[..., :2], torch.full_like(poses[..., :1], OBJECT_HEIGHT)), dim=-1)
+        grid = image_coordinates(points, self.camera)[:, :, None, :]  # (B, P, 1, 2)
+        read = [F.grid_sample(m, grid, align_corners=False)[..., 0] for m in (half, fine, coarse)]  # each (B, C, P)
+        x = torch.cat((*read, angle_features(poses[..., 2].reshape(b, p)).permute(0, 2, 1)), dim=1)
+        return self.head(F.relu(self.linear(x.permute(0, 2, 1)))).reshape(b, p)
+
+
 class CosineAdam(torch.optim.Adam):
     """Adam whose learning rate falls from `lr` to 0 along a half cosine over `steps` steps."""
 
@@ -213,7 +254,7 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, passes=int(match[1]))
     if name == "colour":
         return refit(state, observation, seed, recolour=True)
-    if observation.overhead and re.fullmatch(r"wide|context\d*|angles|anglefree|finecentre", name):
+    if observation.overhead and re.fullmatch(r"wide|context\d*|angles|anglefree|finecentre|(plain\+)?scene", name):
         raise SystemExit(f"error: variant {name!r} builds its network on the environment's camera, not --overhead")
     if name == "wide":
         return refit(state, observation, seed, net=WideGraspNet(observation.size, observation.rgb, observation.height))
@@ -224,6 +265,10 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         kind = {"angles": AngleChannelsNet, "anglefree": AngleBlindNet, "finecentre": FineCentreNet}[name]
         scales = state["config"]["patch_scales"]
         return refit(state, observation, seed, net=kind(observation.size, observation.rgb, observation.height, scales))
+    if name in ("scene", "plain+scene"):
+        net = SceneScorerNet(observation.size, observation.rgb, observation.height)
+        scene = refit(state, observation, seed, net=cast(GraspNet, net))
+        return scene if name == "scene" else Ensemble([refit(state, observation, seed), scene]).eval()
     if match := re.fullmatch(r"jitter(\d+)", name):
         return refit(state, observation, seed, jitter_mm=float(match[1]))
     if match := re.fullmatch(r"decay(\d+)", name):
@@ -234,7 +279,7 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, passes=int(match[1]), cosine=True)
     raise SystemExit(
         f"error: variant {name!r}: not plain, ensembleK, baggedK, passesN, jitterM, colour, wide, contextK, angles, "
-        "anglefree, finecentre, decayN, dropoutP or cosineN"
+        "anglefree, finecentre, scene, plain+scene, decayN, dropoutP or cosineN"
     )
 
 
