@@ -108,6 +108,13 @@ def image_coordinates(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tenso
     return torch.stack((ndc[..., 0], -ndc[..., 1]), dim=-1)
 
 
+def pose_coordinates(positions: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Poses' x and y in metres (..., 2) -> where they appear in the camera image at the objects' height
+    (OBJECT_HEIGHT), (..., 2) as `image_coordinates` gives them: the point a pose is scored around."""
+    points = torch.cat((positions, torch.full_like(positions[..., :1], OBJECT_HEIGHT)), dim=-1)
+    return image_coordinates(points, matrix)
+
+
 def pixel_of(points: np.ndarray, size: int, overhead: bool = False) -> np.ndarray:
     """World points (P, 3) -> (column, row) in a `size` x `size` image of the environment's camera, or of the
     overhead one, pixel j covering [j, j + 1)."""
@@ -155,8 +162,7 @@ class GraspNet(nn.Module):
     def patches(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Float frames (B, C, H, W) and one (x, y) each (B, 2) -> the patches around them at each scale, the
         narrowest first (B, C * patch_scales, patch, patch); beyond the frame's edge they read 0."""
-        points = torch.cat((positions, torch.full_like(positions[:, :1], OBJECT_HEIGHT)), dim=-1)
-        centres = image_coordinates(points, self.camera)[:, None, None, :]
+        centres = pose_coordinates(positions, self.camera)[:, None, None, :]
         grids = [centres + 2**k * self.offsets for k in range(self.patch_scales)]  # each (B, patch, patch, 2)
         return torch.cat([F.grid_sample(frames, grid, align_corners=False) for grid in grids], dim=1)
 

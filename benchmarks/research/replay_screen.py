@@ -61,14 +61,13 @@ from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.kinematics import angle_features
 from grasping.pose_agent import (
-    OBJECT_HEIGHT,
     EpisodeMemory,
     GraspNet,
     PoseAgent,
     PoseLattice,
     PosePolicy,
-    image_coordinates,
     pose_config,
+    pose_coordinates,
 )
 from grasping.stats import success_rate
 
@@ -173,8 +172,7 @@ class SceneScorerNet(nn.Module):
         coarse = F.relu(self.enc4(eighth))
         up = F.interpolate(coarse, size=quarter.shape[-2:], mode="bilinear", align_corners=False)
         fine = F.relu(self.dec(torch.cat((up, quarter), dim=1)))
-        points = torch.cat((poses[..., :2], torch.full_like(poses[..., :1], OBJECT_HEIGHT)), dim=-1)
-        grid = image_coordinates(points, self.camera)[:, :, None, :]  # (B, P, 1, 2)
+        grid = pose_coordinates(poses[..., :2], self.camera)[:, :, None, :]  # (B, P, 1, 2)
         read = [F.grid_sample(m, grid, align_corners=False)[..., 0] for m in (half, fine, coarse)]  # each (B, C, P)
         x = torch.cat((*read, angle_features(poses[..., 2].reshape(b, p)).permute(0, 2, 1)), dim=1)
         return self.head(F.relu(self.linear(x.permute(0, 2, 1)))).reshape(b, p)
