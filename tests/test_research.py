@@ -281,17 +281,50 @@ def test_early_moves_reach_the_same_final_pose_moving_in_the_plane_first():
 
 def test_replanning_scores_the_final_poses_on_each_newest_frame():
     torch.manual_seed(0)
-    net, lattice = GraspNet(96, height=True), PoseLattice()
-    policy = choice_screen.Replanning(net, lattice)
+    net, late_net, lattice = GraspNet(96, height=True), GraspNet(96, height=True), PoseLattice()
     first, later = (np.random.default_rng(k).integers(0, 256, (2, 1, 4, 96, 96), dtype=np.uint8) for k in (0, 1))
-    policy(first, [0, 1], [0, 0])
-    policy(later, [0, 1], [1, 1])
     candidates = torch.from_numpy(lattice.final_poses)
-    with torch.no_grad():
-        expected = torch.sigmoid(net(newest_frames(later), candidates.expand(2, -1, -1))).numpy()
-    for stream in (0, 1):
-        np.testing.assert_allclose(policy.scores[stream][lattice.finals], expected[stream], rtol=1e-5)
-    assert policy.episodes.poses[0] in lattice.index, "it still moves along the lattice"
+    for scorer in (net, late_net):
+        policy = choice_screen.Replanning(net, lattice, None if scorer is net else late_net)
+        policy(first, [0, 1], [0, 0])
+        policy(later, [0, 1], [1, 1])
+        with torch.no_grad():
+            expected = torch.sigmoid(scorer(newest_frames(later), candidates.expand(2, -1, -1))).numpy()
+        for stream in (0, 1):
+            np.testing.assert_allclose(policy.scores[stream][lattice.finals], expected[stream], rtol=1e-5)
+        assert policy.episodes.poses[0] in lattice.index, "it still moves along the lattice"
+
+
+@pytest.mark.slow
+def test_closed_loop_screen_keeps_every_step_of_each_episode_and_plays_each_variant(tmp_path):
+    command = [sys.executable, str(RESEARCH / "closed_loop_screen.py")]
+    policy = str(ROOT / "pretrained" / "pose_agent.pt")
+    collect = [*command, "collect", policy, "--episodes", "4", "--out", str(tmp_path)]
+    result = subprocess.run(collect, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "episodes.npz") as data:
+        episode, timestep, poses, rewards = data["episode"], data["timestep"], data["poses"], data["rewards"]
+        assert data["frames"].shape == (len(episode), 4, 96, 96) and data["frames"].dtype == np.uint8
+    assert sorted(set(episode)) == [0, 1, 2, 3]
+    for k in range(4):
+        rows = episode == k
+        assert list(timestep[rows]) == list(range(rows.sum())), "every frame an action was chosen on, in order"
+        assert rows.sum() >= PoseLattice().horizon, "the height hack grasps after the horizon's actions at least"
+        assert (poses[rows] == poses[rows][0]).all() and (rewards[rows] == rewards[rows][0]).all()
+        assert rewards[rows][0] in (0.0, 1.0)
+    variants = ["open", "late", "closed"]
+    result = subprocess.run(
+        [*command, "screen", *variants, "--eval-episodes", "2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == variants
+    assert "4 episodes" in lines[0] and "against open 0 scenes won and 0 lost" in lines[0]
+    with open(tmp_path / "screen.csv", newline="") as handle:
+        assert [row["variant"] for row in csv.DictReader(handle)] == variants
 
 
 def test_replay_screen_decays_the_refits_rate_to_zero(monkeypatch):

@@ -102,14 +102,22 @@ class EarlyMoves(PosePolicy):
 
 
 class Replanning(PosePolicy):
-    """Greedy play that scores the final poses again on every step's newest frame, not only on the first: the
-    descending arm may have moved the objects since."""
+    """Greedy play that scores the final poses again on every step's newest frame up to the horizon, not only on the
+    first: the descending arm may have moved the objects since. The later frames are scored by `late_net`, or by the
+    network that chose on the first frame."""
+
+    def __init__(self, net: GraspNet, lattice: PoseLattice, late_net: GraspNet | None = None) -> None:
+        super().__init__(net, lattice)
+        self.late_net = late_net or net
 
     def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
         later = [row for row, t in enumerate(timesteps) if 0 < t < self.lattice.horizon]
         if later:
-            device = next(self.net.parameters()).device
-            logits = self.final_logits(newest_frames(states[later]).to(device))
+            device = next(self.late_net.parameters()).device
+            frames = newest_frames(states[later]).to(device)
+            candidates = torch.from_numpy(self.lattice.final_poses).to(device)
+            with torch.no_grad():
+                logits = self.late_net(frames, candidates.expand(len(frames), -1, -1))
             for row, values in zip(later, torch.sigmoid(logits).cpu().numpy()):
                 self.scores[indices[row]][self.lattice.finals] = values
         return super().__call__(states, indices, timesteps, epsilon)
@@ -176,7 +184,7 @@ def main(argv: list[str]) -> None:
     for name in args.variants:
         started = time.time()
         kind = {"early": EarlyMoves, "replan": Replanning}.get(name, PosePolicy)
-        policy = kind(variant_net(name, net, others), PoseLattice())  # type: ignore[arg-type]
+        policy = kind(variant_net(name, net, others), PoseLattice())
         rewards = play_test_scenes(policy, observation, args.eval_episodes, args.eval_seed)
         outcomes[name] = rewards
         won, lost = scenes_won_lost(rewards, outcomes[args.variants[0]])
