@@ -116,6 +116,8 @@ def grasp_env_class() -> Any:
 
         def __init__(self, height_channel: bool = False, overhead: bool = False, **options: Any) -> None:
             self.height_channel, self.overhead = height_channel, overhead
+            self.camera_matrix = camera_matrix(overhead)
+            """The rendering camera's projection times view, fixed: a pixel's depth to its world point."""
             super().__init__(**options)
             pybullet.setPhysicsEngineParameter(enableFileCaching=0, physicsClientId=self.cid)
             if height_channel:
@@ -129,7 +131,7 @@ def grasp_env_class() -> Any:
             rgb, depth = camera_with_depth(self, self._width, pybullet, self.overhead)
             if not self.height_channel:
                 return rgb
-            return np.dstack((rgb, heights(unproject(depth, camera_matrix(self.overhead))[..., 2])))
+            return np.dstack((rgb, heights(unproject(depth, self.camera_matrix)[..., 2])))
 
         def close(self) -> None:
             if not getattr(self, "_disconnected", False) and hasattr(self, "cid"):
