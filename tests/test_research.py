@@ -370,6 +370,27 @@ def test_the_scene_scorer_reads_each_pose_at_its_pixel_from_one_pass_over_the_fr
         assert np.linalg.norm(centre - pixel) < 4, f"what {pose} is scored from centres on its pixel"
 
 
+def test_the_footprint_crop_turns_with_the_gripper_about_the_poses_pixel():
+    net = replay_screen.FootprintNet(96, rgb=True, height=True, patch_scales=2)
+    size, span = net.FOOTPRINT, net.FOOTPRINT_SPAN
+    rows, columns = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+
+    def centre(point: tuple[float, float], angle: float) -> np.ndarray:
+        """Where a bright spot at the world point `point` lies in the crop of the pose (0.56, 0.03, angle)."""
+        frame = torch.zeros(1, 4, 96, 96)
+        column, row = pixel_of(np.array([[*point, OBJECT_HEIGHT]]), 96)[0].astype(int)
+        frame[0, :, row, column] = 1.0
+        weight = net.footprints(frame, torch.tensor([[[0.56, 0.03, angle]]]))[0, 0]
+        return np.array([(weight * columns).sum() / weight.sum(), (weight * rows).sum() / weight.sum()])
+
+    for angle in (0.0, 0.75, -1.5):
+        assert np.linalg.norm(centre((0.56, 0.03), angle) - size / 2) < 1.5, "the pose's own pixel stays in the middle"
+    ahead = np.array([0.56 + span / 4, 0.03])
+    straight, turned = centre(tuple(ahead), 0.0), centre(tuple(ahead), np.pi / 2)
+    assert straight[0] - size / 2 > size / 8 and abs(straight[1] - size / 2) < 2, "along the crop's first axis at 0"
+    assert turned[1] - size / 2 < -size / 8 and abs(turned[0] - size / 2) < 2, "a quarter turn takes it to the other"
+
+
 @pytest.mark.slow
 def test_choice_screen_plays_every_variant_on_the_same_scenes(tmp_path):
     variants = ["argmax", "early", "replan", "robust15", "ensemble"]

@@ -24,6 +24,9 @@ The run is a configuration of benchmarks/learning.py (its resumable state holds 
   anglefree:  the same refit given every pose at angle 0: what the angle is worth to the network;
   finecentre: one plain refit of the run's network with one more patch in front of its own, half as wide: the
               centre sampled twice as finely, between the frame's pixels;
+  footprint:  one plain refit of the run's network with a crop in the gripper's frame beside its patches
+              (FootprintNet): the objects' height plane around the pose, turned with the gripper's angle in the
+              world and projected into the frame, so that the fingers' footprint lies at the same samples;
   scene:      one plain refit of a fully convolutional network instead (SceneScorerNet): the whole frame through
               an encoder-decoder once, every final pose scored from the feature maps read at its pixel;
   plain+scene: the plain refit and the scene refit, their logits averaged: two networks that err on other scenes;
@@ -61,11 +64,13 @@ from grasping.checkpoints import load_checkpoint, observation_of, resume_path
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.kinematics import angle_features
 from grasping.pose_agent import (
+    OBJECT_HEIGHT,
     EpisodeMemory,
     GraspNet,
     PoseAgent,
     PoseLattice,
     PosePolicy,
+    image_coordinates,
     pose_config,
     pose_coordinates,
 )
@@ -142,6 +147,55 @@ class AngleBlindNet(GraspNet):
 
     def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         return super().forward(frames, torch.cat((poses[..., :2], torch.zeros_like(poses[..., 2:])), dim=-1))
+
+
+class FootprintNet(GraspNet):
+    """GraspNet with a second input beside its patches: the frame sampled at FOOTPRINT x FOOTPRINT points of the
+    objects' height plane, FOOTPRINT_SPAN metres square around the pose and turned with the gripper's angle in the
+    world, so that where the fingers land lies at the same samples whatever the angle. The patches, in the image's
+    axes, keep the side the arm comes from; the turned crop adds the fingers' footprint. Each pose's crop goes
+    through two convolutions of its own."""
+
+    FOOTPRINT = 16
+    FOOTPRINT_SPAN = 0.12
+
+    def __init__(self, image_size: int = 96, rgb: bool = True, height: bool = False, patch_scales: int = 1) -> None:
+        super().__init__(image_size, rgb, height, patch_scales)
+        channels = (3 if rgb else 1) + height
+        self.foot1 = nn.Conv2d(channels, 32, kernel_size=3, padding=1)
+        self.foot2 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
+        side = self.FOOTPRINT // 4
+        self.linear = nn.Linear(64 * (self.patch // 8) ** 2 + 32 * side * side + 2, 256)
+        steps = (torch.arange(self.FOOTPRINT, dtype=torch.float32) + 0.5) / self.FOOTPRINT - 0.5
+        self.grid: torch.Tensor
+        self.register_buffer(
+            "grid", torch.stack(torch.meshgrid(steps, steps, indexing="xy"), -1) * self.FOOTPRINT_SPAN, persistent=False
+        )
+
+    def footprints(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Float frames (B, C, H, W) and poses (B, P, 3) -> each pose's crop in the gripper's frame,
+        (B * P, C, FOOTPRINT, FOOTPRINT)."""
+        b, p = poses.shape[:2]
+        cos, sin = (f(poses[..., 2])[..., None, None] for f in (torch.cos, torch.sin))
+        u, v = self.grid[..., 0], self.grid[..., 1]
+        x = poses[..., 0, None, None] + cos * u - sin * v
+        y = poses[..., 1, None, None] + sin * u + cos * v
+        points = torch.stack((x, y, torch.full_like(x, OBJECT_HEIGHT)), dim=-1)  # (B, P, S, S, 3)
+        grid = image_coordinates(points, self.camera).reshape(b, p * self.FOOTPRINT, self.FOOTPRINT, 2)
+        crops = F.grid_sample(frames, grid, align_corners=False)  # (B, C, P * S, S)
+        crops = crops.reshape(b, -1, p, self.FOOTPRINT, self.FOOTPRINT).transpose(1, 2)
+        return crops.reshape(b * p, -1, self.FOOTPRINT, self.FOOTPRINT)
+
+    def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        b, p = poses.shape[:2]
+        flat = poses.reshape(-1, 3)
+        frame_of = torch.arange(b, device=poses.device).repeat_interleave(p).to(poses.dtype)
+        rows, inverse = torch.unique(torch.cat((frame_of[:, None], flat[:, :2]), dim=1), dim=0, return_inverse=True)
+        x = self.encode(self.patches(frames[rows[:, 0].long()], rows[:, 1:]))[inverse]
+        foot = F.max_pool2d(F.relu(self.foot1(self.footprints(frames, poses))), 2)
+        foot = F.max_pool2d(F.relu(self.foot2(foot)), 2).flatten(start_dim=1)
+        x = torch.cat((x, foot, angle_features(flat[:, 2])), dim=1)
+        return self.head(F.relu(self.linear(x))).reshape(b, p)
 
 
 class SceneScorerNet(nn.Module):
@@ -252,15 +306,22 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, passes=int(match[1]))
     if name == "colour":
         return refit(state, observation, seed, recolour=True)
-    if observation.overhead and re.fullmatch(r"wide|context\d*|angles|anglefree|finecentre|(plain\+)?scene", name):
+    if observation.overhead and re.fullmatch(
+        r"wide|context\d*|angles|anglefree|finecentre|footprint|(plain\+)?scene", name
+    ):
         raise SystemExit(f"error: variant {name!r} builds its network on the environment's camera, not --overhead")
     if name == "wide":
         return refit(state, observation, seed, net=WideGraspNet(observation.size, observation.rgb, observation.height))
     if match := re.fullmatch(r"context(\d*)", name):
         scales = GraspNet(observation.size, observation.rgb, observation.height, int(match[1] or 2))
         return refit(state, observation, seed, net=scales)
-    if name in ("angles", "anglefree", "finecentre"):
-        kind = {"angles": AngleChannelsNet, "anglefree": AngleBlindNet, "finecentre": FineCentreNet}[name]
+    if name in ("angles", "anglefree", "finecentre", "footprint"):
+        kind = {
+            "angles": AngleChannelsNet,
+            "anglefree": AngleBlindNet,
+            "finecentre": FineCentreNet,
+            "footprint": FootprintNet,
+        }[name]
         scales = state["config"]["patch_scales"]
         return refit(state, observation, seed, net=kind(observation.size, observation.rgb, observation.height, scales))
     if name in ("scene", "plain+scene"):
@@ -277,7 +338,7 @@ def variant_net(name: str, state: dict, observation: Observation, seed: int) -> 
         return refit(state, observation, seed, passes=int(match[1]), cosine=True)
     raise SystemExit(
         f"error: variant {name!r}: not plain, ensembleK, baggedK, passesN, jitterM, colour, wide, contextK, angles, "
-        "anglefree, finecentre, scene, plain+scene, decayN, dropoutP or cosineN"
+        "anglefree, finecentre, footprint, scene, plain+scene, decayN, dropoutP or cosineN"
     )
 
 
