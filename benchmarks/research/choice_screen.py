@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.learning import ROOT
-from common import Observation, seed_everything
+from common import Observation, evaluating, seed_everything
 from grasping.checkpoints import load_checkpoint, observation_of
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.evaluation import play_in_parallel
@@ -116,7 +116,7 @@ class Replanning(PosePolicy):
             device = next(self.late_net.parameters()).device
             frames = newest_frames(states[later]).to(device)
             candidates = torch.from_numpy(self.lattice.final_poses).to(device)
-            with torch.no_grad():
+            with evaluating(self.late_net):
                 logits = self.late_net(frames, candidates.expand(len(frames), -1, -1))
             for row, values in zip(later, torch.sigmoid(logits).cpu().numpy()):
                 self.scores[indices[row]][self.lattice.finals] = values
