@@ -173,13 +173,18 @@ class GraspNet(nn.Module):
         the 512 final poses of an episode have 88 positions.
         """
         b, p = poses.shape[:2]
+        x = torch.cat((self.patch_features(frames, poses), angle_features(poses[..., 2].reshape(-1))), dim=1)
+        return self.head(F.relu(self.linear(x))).reshape(b, p)
+
+    def patch_features(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Float frames (B, C, H, W) and poses (B, P, 3) -> the convolutions' features of each pose's patches,
+        (B * P, 64 * (patch/8)^2), poses in order; each distinct (frame, x, y) is encoded once."""
+        b, p = poses.shape[:2]
         frame_of = torch.arange(b, device=poses.device).repeat_interleave(p).to(poses.dtype)
         rows, inverse = torch.unique(
             torch.cat((frame_of[:, None], poses.reshape(-1, 3)[:, :2]), dim=1), dim=0, return_inverse=True
         )
-        x = self.encode(self.patches(frames[rows[:, 0].long()], rows[:, 1:]))
-        x = torch.cat((x[inverse], angle_features(poses[..., 2].reshape(-1))), dim=1)
-        return self.head(F.relu(self.linear(x))).reshape(b, p)
+        return self.encode(self.patches(frames[rows[:, 0].long()], rows[:, 1:]))[inverse]
 
     def encode(self, patches: torch.Tensor) -> torch.Tensor:
         """Patches (N, conv1's channels, patch, patch) -> the convolutions' features, flattened: (N, 64 * (patch/8)^2)

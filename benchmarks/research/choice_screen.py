@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.learning import ROOT
-from common import Observation, evaluating, seed_everything
+from common import Observation, seed_everything
 from grasping.checkpoints import load_checkpoint, observation_of
 from grasping.cli import OneLineArgumentParser, positive_int
 from grasping.evaluation import play_in_parallel
@@ -108,16 +108,14 @@ class Replanning(PosePolicy):
 
     def __init__(self, net: GraspNet, lattice: PoseLattice, late_net: GraspNet | None = None) -> None:
         super().__init__(net, lattice)
-        self.late_net = late_net or net
+        self.late = PosePolicy(late_net, lattice) if late_net is not None else self
+        """Whose `final_logits` score the later frames."""
 
     def __call__(self, states: np.ndarray, indices: list[int], timesteps: list[int], epsilon: float = 0.0) -> list[int]:
         later = [row for row, t in enumerate(timesteps) if 0 < t < self.lattice.horizon]
         if later:
-            device = next(self.late_net.parameters()).device
-            frames = newest_frames(states[later]).to(device)
-            candidates = torch.from_numpy(self.lattice.final_poses).to(device)
-            with evaluating(self.late_net):
-                logits = self.late_net(frames, candidates.expand(len(frames), -1, -1))
+            device = next(self.late.net.parameters()).device
+            logits = self.late.final_logits(newest_frames(states[later]).to(device))
             for row, values in zip(later, torch.sigmoid(logits).cpu().numpy()):
                 self.scores[indices[row]][self.lattice.finals] = values
         return super().__call__(states, indices, timesteps, epsilon)

@@ -112,6 +112,7 @@ def screen(variants: list[str], eval_episodes: int, eval_seed: int, seed: int, o
     config = json.loads(str(data.pop("config")))
     observation = observation_of(config)
     torch.set_num_threads(1)
+    episodes = int((data["timestep"] == 0).sum())
     nets: dict[str, GraspNet] = {}
     outcomes: dict[str, list[float]] = {}
     for name in variants:
@@ -125,7 +126,6 @@ def screen(variants: list[str], eval_episodes: int, eval_seed: int, seed: int, o
         rewards = play_test_scenes(policy, observation, eval_episodes, eval_seed)
         outcomes[name] = rewards
         won, lost = scenes_won_lost(rewards, outcomes[variants[0]])
-        episodes = int((data["timestep"] == 0).sum())
         print(
             f"{name}: {episodes} episodes, fit {fitted:.0f} s, {success_rate(int(sum(rewards)), len(rewards))}, "
             f"against {variants[0]} {won} scenes won and {lost} lost",

@@ -188,13 +188,9 @@ class FootprintNet(GraspNet):
 
     def forward(self, frames: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
         b, p = poses.shape[:2]
-        flat = poses.reshape(-1, 3)
-        frame_of = torch.arange(b, device=poses.device).repeat_interleave(p).to(poses.dtype)
-        rows, inverse = torch.unique(torch.cat((frame_of[:, None], flat[:, :2]), dim=1), dim=0, return_inverse=True)
-        x = self.encode(self.patches(frames[rows[:, 0].long()], rows[:, 1:]))[inverse]
         foot = F.max_pool2d(F.relu(self.foot1(self.footprints(frames, poses))), 2)
         foot = F.max_pool2d(F.relu(self.foot2(foot)), 2).flatten(start_dim=1)
-        x = torch.cat((x, foot, angle_features(flat[:, 2])), dim=1)
+        x = torch.cat((self.patch_features(frames, poses), foot, angle_features(poses[..., 2].reshape(-1))), dim=1)
         return self.head(F.relu(self.linear(x))).reshape(b, p)
 
 
